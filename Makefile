@@ -1,0 +1,53 @@
+# The two commands of the book: `make book` and `make test`. Both create .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+# The local CPU wheel on the authors' machines; elsewhere any torch >= 2.4 works (override TORCH_SPEC).
+TORCH_SPEC ?= torch==2.13.0
+
+# Notebook progress bars print one final line instead of widgets when executed headless.
+export LLM_COMPANION_PROGRESS ?= plain
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+export TF_ENABLE_ONEDNN_OPTS ?= 0
+export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
+
+.PHONY: book test install data chromium unit notebooks clean help
+
+help:
+	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
+	@echo "make test   - run the unit tests and execute every chapter with nbval"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[book,test,tf]"
+	@touch $@
+
+install: $(STAMP)
+
+data: install
+	$(VENV)/bin/llm-companion fetch --all
+
+# Debian's chromium for the browser test (never a downloaded browser build).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Install Debian's chromium (sudo apt-get install chromium) for the browser test"; exit 1; fi; }
+
+book: data
+	$(VENV)/bin/jupyter-book build . -W
+
+unit: data chromium
+	$(PY) -m pytest tests
+
+notebooks: data
+	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --sanitize-with chapters/sanitize.cfg chapters/
+
+test: unit notebooks
+
+clean:
+	rm -rf _build

@@ -1,0 +1,363 @@
+"""The data layer: every external file the book uses, declared once and fetched verifiably.
+
+``fetch(name)`` returns a local path to a verified copy of an artifact, trying in order
+
+1. the local copy under ``data/`` (or ``models/``), if its hash (or size) checks out;
+2. a mirror directory (``LLM_COMPANION_MIRROR``, several allowed, separated by ``os.pathsep``), searched
+   recursively for the artifact's file name; a candidate is used only when its hash matches;
+3. each canonical URL in turn, streamed to a ``.part`` file that resumes where it stopped, verified, then
+   renamed into place.
+
+A file whose hash does not match is never used. When every source fails, :class:`ArtifactUnavailable`
+names the artifact, everything that was tried and how to provide the file by hand.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .progress import progress
+
+MIRROR_ENV = "LLM_COMPANION_MIRROR"
+HOME_ENV = "LLM_COMPANION_HOME"
+_CHUNK = 1 << 20
+
+
+class ArtifactError(Exception):
+    """Base class of the data layer's errors."""
+
+
+class UnknownArtifact(ArtifactError, KeyError):
+    """An artifact name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class ArtifactUnavailable(ArtifactError):
+    """No source could provide a verified copy of an artifact."""
+
+
+class IntegrityError(ArtifactError):
+    """A file's hash or size does not match the registry."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One external file.
+
+    ``filename`` is the local name (and the name searched for in a mirror); ``subdir`` the folder under
+    ``data/`` or ``models/``. ``sha256`` and ``size`` verify it (either may be unknown). When the URL serves a
+    zip archive, ``member`` names the file inside it; the hash applies to the extracted member.
+    """
+
+    name: str
+    filename: str
+    urls: tuple[str, ...]
+    sha256: str | None = None
+    size: int | None = None
+    subdir: str = ""
+    kind: str = "data"  # "data" lives under data/, "model" under models/
+    member: str | None = None
+    description: str = ""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def root(self) -> Path:
+        return models_dir() if self.kind == "model" else data_dir()
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.subdir / self.filename
+
+
+REGISTRY: dict[str, Artifact] = {}
+
+
+def register(artifact: Artifact) -> Artifact:
+    """Add an artifact to the registry (names are unique)."""
+    if artifact.name in REGISTRY and REGISTRY[artifact.name] != artifact:
+        raise ValueError(f"artifact {artifact.name!r} is already registered differently")
+    REGISTRY[artifact.name] = artifact
+    return artifact
+
+
+_RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
+_TIKTOKEN_GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"
+
+register(Artifact(
+    name="the-verdict",
+    filename="the-verdict.txt",
+    urls=(f"{_RASBT}/ch02/01_main-chapter-code/the-verdict.txt",),
+    sha256="b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+    size=20479,
+    subdir="text",
+    description="Edith Wharton's short story 'The Verdict' (1908), public domain",
+))
+register(Artifact(
+    name="tinyshakespeare",
+    filename="tinyshakespeare.txt",
+    urls=("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",),
+    sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    size=1115394,
+    subdir="text",
+    description="karpathy/char-rnn's tiny Shakespeare (1.1 MB), public domain",
+))
+register(Artifact(
+    name="gpt2-encoder",
+    filename="encoder.json",
+    urls=(f"{_TIKTOKEN_GPT2}/encoder.json",),
+    sha256="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    subdir="gpt2",
+    description="GPT-2 BPE vocabulary (token -> id), as used by tiktoken's 'gpt2' encoding",
+))
+register(Artifact(
+    name="gpt2-vocab",
+    filename="vocab.bpe",
+    urls=(f"{_TIKTOKEN_GPT2}/vocab.bpe",),
+    sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    subdir="gpt2",
+    description="GPT-2 BPE merges, as used by tiktoken's 'gpt2' encoding",
+))
+register(Artifact(
+    name="sms-spam",
+    filename="SMSSpamCollection",
+    urls=(
+        "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+        "https://raw.githubusercontent.com/MandeepSinghthakur/SpamDetectionMachineLearning/"
+        "90484a3a99ff9b46840260c5eb273ae62d46b6a8/smsspamcollection/SMSSpamCollection",
+    ),
+    member="SMSSpamCollection",
+    sha256="7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+    subdir="sms_spam_collection",
+    description="UCI SMS Spam Collection v.1 (Almeida & Gomez Hidalgo), 5,574 labelled messages, CC BY 4.0",
+))
+register(Artifact(
+    name="instruction-data",
+    filename="instruction-data.json",
+    urls=(f"{_RASBT}/ch07/01_main-chapter-code/instruction-data.json",),
+    sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+    subdir="instruction",
+    description="1,100 Alpaca-style instruction/input/output records from LLMs-from-scratch ch07, Apache-2.0",
+))
+
+
+# --------------------------------------------------------------------------------------------- locations
+def project_home() -> Path:
+    """Where ``data/`` and ``models/`` live.
+
+    ``LLM_COMPANION_HOME`` if set; else the book's checkout when the library runs from one; else
+    ``~/.cache/llm_companion``.
+    """
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "_toc.yml").is_file() and (checkout / "pyproject.toml").is_file():
+        return checkout
+    return Path.home() / ".cache" / "llm_companion"
+
+
+def data_dir() -> Path:
+    return project_home() / "data"
+
+
+def models_dir() -> Path:
+    return project_home() / "models"
+
+
+def mirror_dirs() -> list[Path]:
+    """The mirror directories named by ``LLM_COMPANION_MIRROR`` that exist."""
+    raw = os.environ.get(MIRROR_ENV, "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip() and Path(p).expanduser().is_dir()]
+
+
+# --------------------------------------------------------------------------------------------- checking
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def verify(artifact: Artifact, path: Path, *, use_stamp: bool = True) -> None:
+    """Raise :class:`IntegrityError` unless ``path`` matches the artifact's size and sha256.
+
+    A verified file gets a small stamp (size, mtime, hash) beside it, so a multi-GB checkpoint is hashed
+    once, not at every ``fetch``.
+    """
+    st = path.stat()
+    if artifact.size is not None and st.st_size != artifact.size:
+        raise IntegrityError(f"{path}: size {st.st_size} bytes, expected {artifact.size}")
+    if artifact.sha256 is None:
+        return
+    stamp = _stamp_path(path)
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": artifact.sha256}
+    if use_stamp and stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()) == key:
+                return
+        except (OSError, ValueError):
+            pass
+    digest = sha256_of(path)
+    if digest != artifact.sha256:
+        raise IntegrityError(f"{path}: sha256 {digest[:16]}…, expected {artifact.sha256[:16]}…")
+    try:
+        stamp.write_text(json.dumps(key))
+    except OSError:
+        pass  # a read-only location is fine; we just hash again next time
+
+
+# --------------------------------------------------------------------------------------------- sources
+def _from_mirror(artifact: Artifact, dest: Path, tried: list[str]) -> bool:
+    names = (artifact.filename, *artifact.aliases)
+    for mirror in mirror_dirs():
+        candidates = [p for name in names for p in sorted(mirror.rglob(name)) if p.is_file()]
+        if not candidates:
+            tried.append(f"mirror {mirror}: no file named {' or '.join(names)}")
+        for cand in candidates:
+            try:
+                verify(artifact, cand, use_stamp=False)
+            except IntegrityError as e:
+                tried.append(f"mirror {cand}: {e}")
+                continue
+            _atomic_copy(cand, dest)
+            return True
+    if not mirror_dirs():
+        tried.append(f"mirror: {MIRROR_ENV} not set (or not a directory)")
+    return False
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def download(url: str, dest: Path, *, desc: str | None = None, timeout: float = 30.0) -> Path:
+    """Stream ``url`` to ``dest`` through ``dest.part``, resuming a partial download with an HTTP Range.
+
+    The ``.part`` file is renamed to ``dest`` only when the transfer is complete; verification is the
+    caller's job. Raises ``urllib.error.URLError``/``OSError`` on network failures.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "llm-companion"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        status = getattr(resp, "status", 200)
+        if have and status == 200:  # server ignored the range: start over
+            have = 0
+        length = resp.headers.get("Content-Length")
+        total = (int(length) + have) if length is not None else None
+        mode = "ab" if have else "wb"
+        with open(part, mode) as out, progress(total=total, initial=have, unit="B", unit_scale=True,
+                                                unit_divisor=1024, desc=desc or dest.name) as bar:
+            while True:
+                chunk = resp.read(_CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+                bar.update(len(chunk))
+    if total is not None and part.stat().st_size != total:
+        raise OSError(f"incomplete download of {url}: {part.stat().st_size} of {total} bytes "
+                      f"(run again to resume)")
+    os.replace(part, dest)
+    return dest
+
+
+def _from_urls(artifact: Artifact, dest: Path, tried: list[str]) -> bool:
+    for url in artifact.urls:
+        archived = artifact.member is not None and url.endswith(".zip")
+        target = dest.with_name(Path(url).name) if archived else dest
+        try:
+            download(url, target, desc=artifact.name)
+            if archived:
+                _extract_member(target, artifact.member, dest)
+            verify(artifact, dest, use_stamp=False)
+            return True
+        except IntegrityError as e:
+            tried.append(f"{url}: {e}")
+            dest.unlink(missing_ok=True)
+        except (urllib.error.URLError, OSError, zipfile.BadZipFile, KeyError) as e:
+            reason = getattr(e, "reason", None) or e
+            tried.append(f"{url}: {reason}")
+    return False
+
+
+def _extract_member(archive: Path, member: str, dest: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as out, zf.open(member) as src:
+            shutil.copyfileobj(src, out)
+        os.replace(tmp, dest)
+
+
+# --------------------------------------------------------------------------------------------- public API
+def get_artifact(name: str) -> Artifact:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise UnknownArtifact(f"unknown artifact {name!r}; known artifacts: {known}") from None
+
+
+def fetch(name: str, *, offline: bool | None = None) -> Path:
+    """Return the local path of a verified copy of artifact ``name`` (see the module docstring).
+
+    ``offline=True`` (or ``LLM_COMPANION_OFFLINE=1``) skips the network.
+    """
+    artifact = get_artifact(name)
+    dest = artifact.path
+    tried: list[str] = []
+    if dest.is_file():
+        try:
+            verify(artifact, dest)
+            return dest
+        except IntegrityError as e:
+            tried.append(f"local {dest}: {e} (removed)")
+            dest.unlink()
+            _stamp_path(dest).unlink(missing_ok=True)
+    else:
+        tried.append(f"local {dest}: missing")
+    if _from_mirror(artifact, dest, tried):
+        return dest
+    if offline is None:
+        offline = os.environ.get("LLM_COMPANION_OFFLINE", "") not in ("", "0")
+    if offline:
+        tried.append("network: skipped (offline)")
+    elif _from_urls(artifact, dest, tried):
+        return dest
+    lines = "\n  - ".join(tried)
+    raise ArtifactUnavailable(
+        f"could not obtain artifact {name!r} ({artifact.filename}).\nTried:\n  - {lines}\n"
+        f"To provide it by hand, put a copy of {artifact.filename} at {dest}"
+        + (f" (sha256 {artifact.sha256})" if artifact.sha256 else "")
+        + f", or set {MIRROR_ENV} to a folder that contains it."
+    )
+
+
+def fetch_all(kind: str = "data") -> dict[str, Path]:
+    """Fetch every registered artifact of ``kind`` (``data`` by default; model weights are large)."""
+    return {a.name: fetch(a.name) for a in REGISTRY.values() if a.kind == kind}

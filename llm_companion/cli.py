@@ -1,0 +1,48 @@
+"""The ``llm-companion`` command line.
+
+Each subcommand lives in the module that owns its concept and exposes ``add_arguments(parser)`` and
+``main(args) -> int``; this file only lists them, so the command stays a thin shell over the library.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (subcommand, module that implements it, one-line help)
+COMMANDS: list[tuple[str, str, str]] = [
+    ("fetch", "llm_companion.fetch_cli", "download (or copy from a mirror) and verify the book's data"),
+]
+
+
+class UserError(Exception):
+    """An error the user can fix; the CLI prints its message without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-companion", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_handler=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .artifacts import ArtifactError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._handler(args) or 0)
+    except (UserError, ArtifactError, ValueError, FileNotFoundError) as e:
+        print(f"llm-companion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
