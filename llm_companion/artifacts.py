@@ -23,6 +23,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .progress import progress
 
@@ -56,7 +57,10 @@ class Artifact:
 
     ``filename`` is the local name (and the name searched for in a mirror); ``subdir`` the folder under
     ``data/`` or ``models/``. ``sha256`` and ``size`` verify it (either may be unknown). When the URL serves a
-    zip archive, ``member`` names the file inside it; the hash applies to the extracted member.
+    zip archive, ``member`` names the file inside it; the hash applies to the extracted member. ``check``, when
+    set, is the format's own integrity check (e.g. a safetensors header parse), run after size and hash; it
+    raises :class:`IntegrityError`. A file without a known sha256 is taken from a mirror only when it sits at
+    the same relative place (``…/subdir/filename``), since its bytes cannot prove which file it is.
     """
 
     name: str
@@ -69,6 +73,7 @@ class Artifact:
     member: str | None = None
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    check: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def root(self) -> Path:
@@ -202,6 +207,8 @@ def verify(artifact: Artifact, path: Path, *, use_stamp: bool = True) -> None:
     st = path.stat()
     if artifact.size is not None and st.st_size != artifact.size:
         raise IntegrityError(f"{path}: size {st.st_size} bytes, expected {artifact.size}")
+    if artifact.check is not None:
+        artifact.check(path)
     if artifact.sha256 is None:
         return
     stamp = _stamp_path(path)
@@ -226,6 +233,9 @@ def _from_mirror(artifact: Artifact, dest: Path, tried: list[str]) -> bool:
     names = (artifact.filename, *artifact.aliases)
     for mirror in mirror_dirs():
         candidates = [p for name in names for p in sorted(mirror.rglob(name)) if p.is_file()]
+        if artifact.sha256 is None:  # only a hash identifies a file found elsewhere in the mirror
+            place = Path(artifact.subdir).parts
+            candidates = [p for p in candidates if p.parent.parts[len(p.parent.parts) - len(place):] == place]
         if not candidates:
             tried.append(f"mirror {mirror}: no file named {' or '.join(names)}")
         for cand in candidates:
@@ -259,7 +269,6 @@ def download(url: str, dest: Path, *, desc: str | None = None, timeout: float = 
     The ``.part`` file is renamed to ``dest`` only when the transfer is complete; verification is the
     caller's job. Raises ``urllib.error.URLError``/``OSError`` on network failures.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "llm-companion"})
@@ -272,6 +281,7 @@ def download(url: str, dest: Path, *, desc: str | None = None, timeout: float = 
         length = resp.headers.get("Content-Length")
         total = (int(length) + have) if length is not None else None
         mode = "ab" if have else "wb"
+        dest.parent.mkdir(parents=True, exist_ok=True)  # only once the server answered
         with open(part, mode) as out, progress(total=total, initial=have, unit="B", unit_scale=True,
                                                 unit_divisor=1024, desc=desc or dest.name) as bar:
             while True:
@@ -361,3 +371,103 @@ def fetch(name: str, *, offline: bool | None = None) -> Path:
 def fetch_all(kind: str = "data") -> dict[str, Path]:
     """Fetch every registered artifact of ``kind`` (``data`` by default; model weights are large)."""
     return {a.name: fetch(a.name) for a in REGISTRY.values() if a.kind == kind}
+
+
+# --------------------------------------------------------------------------------------------- GPT-2 checkpoints
+# OpenAI's TF checkpoints (seven files per size) and Hugging Face's safetensors conversions. Loading them is
+# llm_companion.gpt2's job; here they are only declared. Published sizes: rasbt/LLMs-from-scratch ch05 tests
+# (124M, 355M). The 124M safetensors hash/size: the LFS pointer of openai-community/gpt2 @ 607a30d7.
+# Where no hash is known, the format's own check (below) and the loader's shape checks guard the bytes.
+_OPENAI_GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+_OPENAI_GPT2_BACKUP = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
+_HF = "https://huggingface.co/openai-community"
+GPT2_HPARAMS = {  # OpenAI's hparams.json of each size
+    "124M": {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12},
+    "355M": {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 1024, "n_head": 16, "n_layer": 24},
+    "774M": {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 1280, "n_head": 20, "n_layer": 36},
+    "1558M": {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 1600, "n_head": 25, "n_layer": 48},
+}
+GPT2_CHECKPOINT_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
+                         "model.ckpt.index", "model.ckpt.meta", "vocab.bpe")
+_GPT2_SIZES = {  # bytes, per file, as published; None where no published size is known
+    "124M": (77, 1042301, 90, 497759232, 5215, 471155, 456318),
+    "355M": (77, 1042301, 91, 1419292672, 10399, 926519, 456318),
+    "774M": (None,) * 7,
+    "1558M": (None,) * 7,
+}
+_GPT2_HF_REPOS = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
+
+
+def _check_json(path: Path, expected: dict | None = None) -> None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise IntegrityError(f"{path}: not a readable JSON file ({e})") from None
+    if expected is not None and value != expected:
+        raise IntegrityError(f"{path}: holds {value}, expected {expected}")
+
+
+def check_safetensors(path: Path) -> None:
+    """Integrity check of a .safetensors file: its JSON header parses and its tensors end where the file does."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= 100_000_000:
+                raise ValueError(f"implausible header length {n}")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise IntegrityError(f"{path}: not a valid safetensors file ({e})") from None
+    if 8 + n + end != path.stat().st_size:
+        raise IntegrityError(f"{path}: safetensors header describes {8 + n + end} bytes but the file has "
+                             f"{path.stat().st_size} (truncated download?)")
+
+
+def _gpt2_file_check(size: str, filename: str) -> Callable[[Path], None] | None:
+    if filename == "hparams.json":
+        return lambda path: _check_json(path, GPT2_HPARAMS[size])
+    if filename.endswith(".json"):
+        return _check_json
+    return None
+
+
+def _register_gpt2_checkpoints() -> None:
+    for size, sizes in _GPT2_SIZES.items():
+        for file, nbytes in zip(GPT2_CHECKPOINT_FILES, sizes):
+            # encoder.json and vocab.bpe are tiktoken's GPT-2 files, byte for byte, where the sizes are published
+            sha = {"encoder.json": REGISTRY["gpt2-encoder"].sha256,
+                   "vocab.bpe": REGISTRY["gpt2-vocab"].sha256}.get(file) if nbytes is not None else None
+            register(Artifact(
+                name=f"gpt2-{size}/{file}",
+                filename=file,
+                urls=(f"{_OPENAI_GPT2}/{size}/{file}", f"{_OPENAI_GPT2_BACKUP}/{size}/{file}"),
+                sha256=sha,
+                size=nbytes,
+                subdir=f"gpt2/{size}",
+                kind="model",
+                check=_gpt2_file_check(size, file),
+                description=f"OpenAI GPT-2 {size} TF checkpoint: {file} (modified MIT license)",
+            ))
+        repo = _GPT2_HF_REPOS[size]
+        pinned = size == "124M"  # the revision whose hashes are published
+        rev = "607a30d783dfa663caf39e06633721c8d4cfcd7e" if pinned else "main"
+        for file, sha, nbytes, check in (
+            ("model.safetensors", "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707" if pinned else None,
+             548105171 if pinned else None, check_safetensors),
+            ("config.json", "0daed7749b4f02b8f76240d5444551d7b08712dab4d0adb8239c56ba823bb7b4" if pinned else None,
+             665 if pinned else None, _check_json),
+        ):
+            register(Artifact(
+                name=f"gpt2-{size}-hf/{file}",
+                filename=file,
+                urls=tuple(dict.fromkeys((f"{_HF}/{repo}/resolve/{rev}/{file}", f"{_HF}/{repo}/resolve/main/{file}"))),
+                sha256=sha,
+                size=nbytes,
+                subdir=f"gpt2-hf/{repo}",
+                kind="model",
+                check=check,
+                description=f"GPT-2 {size} as Hugging Face safetensors (openai-community/{repo}): {file}",
+            ))
+
+
+_register_gpt2_checkpoints()

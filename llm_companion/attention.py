@@ -50,6 +50,7 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
         self.attn_dropout = nn.Dropout(cfg.drop_rate)
         self.drop_p = cfg.drop_rate
+        self.scale = 1.0 / math.sqrt(self.head_dim)
         self.use_sdpa = True  # set False to force the explicit path everywhere
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, return_weights: bool = False):
@@ -64,17 +65,20 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)                          # (B, H, past+T, hd)
 
         weights = None
-        if self.use_sdpa and not return_weights:
-            drop = self.drop_p if self.training else 0.0
+        drop = self.drop_p if self.training else 0.0
+        if T == 1 and past > 0 and not return_weights and drop == 0.0:
+            # Decoding one token: it sees every cached key, so no mask. Two small matmuls beat the fused
+            # kernel here, whose threading overhead dominates at one query (and stalls on a busy CPU).
+            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, 1, past+1)
+            out = torch.softmax(scores, dim=-1) @ v                            # (B, H, 1, hd)
+        elif self.use_sdpa and not return_weights:
             if past == 0:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=T > 1)
-            elif T == 1:  # one new token sees everything cached: no mask needed
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past + T, x.device),
                                                      dropout_p=drop)
         else:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)        # (B, H, T, past+T)
+            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, T, past+T)
             scores = scores.masked_fill(~causal_mask(T, past + T, x.device), float("-inf"))
             weights = torch.softmax(scores, dim=-1)
             out = self.attn_dropout(weights) @ v                               # (B, H, T, hd)
@@ -93,3 +97,48 @@ def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
     q = torch.arange(n_queries, device=device)[:, None]
     k = torch.arange(n_keys, device=device)[None, :]
     return k <= q + offset
+
+
+def plot_attention(weights, labels: list[str], *, titles: list[str] | None = None, ncols: int | None = None,
+                   annotate: bool | None = None, cmap: str = "viridis", label: str = "attention weight"):
+    """Heatmaps of attention weights: one panel per (n_queries, n_keys) matrix in ``weights``.
+
+    ``weights`` is a (n, n) tensor, an (H, n, n) stack (e.g. one head per panel) or a list of matrices;
+    ``labels`` names the tokens. Cells show their values when the matrix is small (``annotate``).
+    ``-inf`` entries (masked scores) are drawn blank. Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    mats = [weights] if getattr(weights, "dim", lambda: 0)() == 2 else list(weights)
+    mats = [torch.as_tensor(m).detach().float().cpu() for m in mats]
+    n = len(mats)
+    ncols = ncols or min(n, 4)
+    nrows = -(-n // ncols)
+    size = 0.45 * len(labels) + 1.2
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 0.6, size * nrows), squeeze=False,
+                             layout="constrained")
+    annotate = len(labels) <= 8 if annotate is None else annotate
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        m = mats[i]
+        finite = torch.where(torch.isfinite(m), m, torch.nan)  # masked (-inf) cells are left blank
+        vmin, vmax = min(0.0, float(finite.nan_to_num(0).min())), max(1e-9, float(finite.nan_to_num(0).max()))
+        im = ax.imshow(finite.numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(m.shape[1]), labels[-m.shape[1]:], rotation=60, ha="right")
+        ax.set_yticks(range(m.shape[0]), labels[-m.shape[0]:])
+        ax.set_xlabel("key (attended to)")
+        ax.set_ylabel("query")
+        if titles:
+            ax.set_title(titles[i])
+        if annotate:
+            for r in range(m.shape[0]):
+                for c in range(m.shape[1]):
+                    v = float(m[r, c])
+                    light = math.isfinite(v) and v < vmin + 0.6 * (vmax - vmin)
+                    ax.text(c, r, f"{v:.2f}" if math.isfinite(v) else "−∞", ha="center", va="center",
+                            fontsize=7, color="white" if light else "black")
+        fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+    plt.close(fig)  # the caller displays it; don't let pyplot show it a second time
+    return fig

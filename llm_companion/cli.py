@@ -12,6 +12,9 @@ import sys
 # (subcommand, module that implements it, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
     ("fetch", "llm_companion.fetch_cli", "download (or copy from a mirror) and verify the book's data"),
+    ("pretrain", "llm_companion.pretrain", "pretrain a GPT on text (or the stand-in with --standin); torchrun-ready"),
+    ("classify", "llm_companion.classification", "classify a message with the saved spam classifier (chapter 6)"),
+    ("chat", "llm_companion.chat", "chat with the instruction-tuned assistant (chapter 7)"),
 ]
 
 

@@ -46,7 +46,7 @@ def next_token(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | N
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float,
                  top_k: int | None, top_p: float | None, eos_id: int | None, use_cache: bool,
                  generator: torch.Generator | None) -> Iterator[torch.Tensor]:
@@ -59,7 +59,7 @@ def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, te
     try:
         seq = idx[:, -ctx:]
         cache = model.new_cache(seq.shape[0]) if use_cache else None
-        logits = model(seq, cache)[:, -1]
+        logits = model(seq, cache, last_only=True)[:, -1]
         done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
         for step in range(max_new_tokens):
             tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
@@ -74,13 +74,13 @@ def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, te
                 seq = seq[:, -ctx:]
                 if use_cache:
                     cache = model.new_cache(seq.shape[0])
-                    logits = model(seq, cache)[:, -1]
+                    logits = model(seq, cache, last_only=True)[:, -1]
                 else:
-                    logits = model(seq)[:, -1]
+                    logits = model(seq, last_only=True)[:, -1]
             elif use_cache:
-                logits = model(tok, cache)[:, -1]
+                logits = model(tok, cache, last_only=True)[:, -1]
             else:
-                logits = model(seq)[:, -1]
+                logits = model(seq, last_only=True)[:, -1]
     finally:
         model.train(was_training)
 

@@ -69,7 +69,11 @@ class GPTModel(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) for token ids ``idx`` (B, T); with ``last_only`` just the last position's (B, 1, V).
+
+        With a ``cache`` the tokens continue the cached ones (their positions start at ``cache.length``).
+        """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.context_length:
@@ -77,12 +81,15 @@ class GPTModel(nn.Module):
                 f"input has {past + T} tokens but the model's context_length is {self.cfg.context_length}; "
                 f"truncate to the last {self.cfg.context_length} tokens (generate() does this for you)"
             )
-        pos = torch.arange(past, past + T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))                    # (B, T, C)
+        # positions past … past+T-1: a slice of the table is the same lookup as pos_emb(arange), without the
+        # index tensor (it matters when decoding one token at a time)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb.weight[past:past + T])   # (B, T, C)
         for block in self.blocks:
             x = block(x, cache)
         if cache is not None:
             cache.length += T
+        if last_only:  # generation needs only the next token: skip the (T-1) × vocab rows of the big head
+            x = x[:, -1:]                                                       # (B, 1, C)
         return self.out_head(self.final_norm(x))                                # (B, T, V)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:

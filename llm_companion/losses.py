@@ -1,0 +1,55 @@
+"""Next-token cross-entropy on batches and loaders, and perplexity.
+
+A language model is trained to put high probability on the token that actually comes next. For logits
+(B, T, V) and targets (B, T) the loss is the mean of ``-log softmax(logits)[target]`` over all positions;
+targets equal to ``-100`` are ignored (chapter 7 masks prompt and padding tokens that way).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``model`` predicting ``target_batch`` (B, T) from ``input_batch`` (B, T)."""
+    if device is not None:
+        input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)                                                # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten(), ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def calc_loss_loader(loader, model: nn.Module, num_batches: int | None = None,
+                     device: torch.device | str | None = None) -> float:
+    """Average of :func:`calc_loss_batch` over the first ``num_batches`` batches (all when None).
+
+    Returns ``nan`` for an empty loader, so an empty validation split shows up instead of crashing.
+    Each batch counts equally (as in the reference book), not each token.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    n = len(loader) if num_batches is None else min(num_batches, len(loader))
+    if n == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    try:
+        total = 0.0
+        for i, (inp, tgt) in enumerate(loader):
+            if i >= n:
+                break
+            total += calc_loss_batch(inp, tgt, model, device).item()
+    finally:
+        model.train(was_training)
+    return total / n
+
+
+def perplexity(loss: float | torch.Tensor) -> float:
+    """``exp(loss)``: the effective number of tokens the model hesitates between at each step."""
+    return math.exp(float(loss))

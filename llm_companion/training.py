@@ -1,0 +1,451 @@
+"""One training loop for pretraining (chapter 4) and fine-tuning (chapters 6 and 7).
+
+``train(model, train_loader, val_loader, cfg)`` runs AdamW with optional warmup + cosine decay, gradient
+clipping and accumulation, optional bf16 autocast, periodic evaluation, text samples and checkpoints, and
+returns a :class:`History`. What is being learned is pluggable:
+
+* ``loss_fn(model, batch) -> scalar tensor`` — default: next-token cross-entropy on ``(input, target)``
+  batches, targets ``-100`` ignored. A classifier passes e.g.
+  ``lambda m, b: F.cross_entropy(m(b[0])[:, -1], b[1])``. The batch arrives already on the device.
+* ``eval_fn(model) -> dict[str, float]`` — extra metrics at each evaluation (accuracy, …), stored in
+  ``History.metrics``.
+* ``sample_fn(model) -> str`` — a text sample at each sampling point, printed and stored in
+  ``History.samples``.
+
+Only parameters with ``requires_grad`` are optimised, so freezing layers before calling ``train`` is
+enough. A run given ``checkpoint_dir`` saves atomically every ``checkpoint_every`` steps and at the end;
+``resume=True`` continues from the newest checkpoint there — on CPU a resumed run ends with bit-identical
+weights to an uninterrupted one (tests/test_training.py proves it with SIGKILL). Under ``torchrun`` the same
+call trains with DistributedDataParallel (see :mod:`llm_companion.distributed`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import distributed
+from .checkpoint import (capture_rng, generator_state, latest_checkpoint, load_checkpoint, restore_rng,
+                         save_checkpoint, set_generator_state)
+from .losses import calc_loss_batch
+from .progress import progress
+
+
+class TrainingError(ValueError):
+    """A training run that cannot start as configured."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train`.
+
+    Length: ``epochs`` passes over ``train_loader`` and/or at most ``max_steps`` optimizer steps (the first
+    limit reached ends training; give at least one). One step consumes ``grad_accum_steps`` batches; an
+    incomplete accumulation left at the very end is dropped.
+
+    Optimizer: AdamW with ``lr``, ``betas`` and ``weight_decay`` applied, as in GPT-2, to every parameter
+    with two or more dimensions (weight matrices and embeddings) and not to biases or LayerNorm parameters.
+    Schedule: linear warmup over ``warmup_steps``, then constant ``lr`` — or, when ``min_lr`` is set, cosine
+    decay from ``lr`` to ``min_lr`` at the last step. ``grad_clip`` clips the global gradient norm.
+
+    Periodic work (``*_every`` are optimizer steps; ``0`` means at the end of every epoch; ``None`` never;
+    unless ``None``, evaluation and sampling also run after the last step): ``eval_every`` computes train and validation loss
+    on the first ``eval_batches`` batches of each loader (all when None) plus ``eval_fn``; ``sample_every``
+    calls ``sample_fn``; ``checkpoint_every`` saves (when ``checkpoint_dir`` is given), keeping the newest
+    ``keep_checkpoints``. The live loss on the progress bar (and ``History.step_loss``) is read from the device
+every ``log_every`` steps, not every step, so a GPU never waits for it. ``seed`` seeds torch/numpy/random at the start of a fresh run (not on resume).
+    """
+
+    epochs: int | None = 1
+    max_steps: int | None = None
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    min_lr: float | None = None
+    grad_clip: float | None = None
+    grad_accum_steps: int = 1
+    bf16: bool = False
+    eval_every: int | None = 0
+    eval_batches: int | None = None
+    sample_every: int | None = 0
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int | None = 123
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.max_steps is None:
+            raise TrainingError("TrainConfig needs epochs or max_steps (or both)")
+        for name in ("epochs", "max_steps", "grad_accum_steps"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise TrainingError(f"TrainConfig.{name} must be >= 1, got {v}")
+        if self.lr <= 0:
+            raise TrainingError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class History:
+    """What a run measured. Evaluation points share one index across ``steps`` … ``val_loss``/``metrics``.
+
+    ``step_loss`` holds the training loss of every optimizer step; ``samples`` holds ``{step, epoch,
+    text}`` dicts; ``epochs`` are fractional (1.5 = halfway through the second epoch); ``tokens_seen`` and
+    ``examples_seen`` count training inputs (over all processes) up to that point; ``wall_time`` is seconds
+    since the run started (resumed runs add to it).
+    """
+
+    steps: list[int] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
+    tokens_seen: list[int] = field(default_factory=list)
+    examples_seen: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    wall_time: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    step_loss: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "History":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def __repr__(self) -> str:
+        if not self.steps:
+            return f"History({len(self.step_loss)} steps, no evaluation yet)"
+        return (f"History({self.steps[-1]} steps, {self.tokens_seen[-1]:,} tokens, "
+                f"train loss {self.train_loss[-1]:.3f}, val loss {self.val_loss[-1]:.3f})")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on ≥2-D tensors only (see :class:`TrainConfig`)."""
+    params = [p for p in model.parameters() if p.requires_grad]  # parameters() lists a tied matrix once
+    if not params:
+        raise TrainingError("the model has no trainable parameters (all have requires_grad=False); "
+                            "unfreeze at least one layer")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): warmup, then constant or cosine to ``min_lr``.
+
+    A pure function of the step, so the schedule needs no state of its own in a checkpoint.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.min_lr is None:
+        return cfg.lr
+    progress_ = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps - 1)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """Number of optimizer steps the run will take."""
+    by_epochs = None if cfg.epochs is None else cfg.epochs * batches_per_epoch // cfg.grad_accum_steps
+    if cfg.max_steps is None:
+        return by_epochs
+    return cfg.max_steps if by_epochs is None else min(cfg.max_steps, by_epochs)
+
+
+def default_loss(model: nn.Module, batch) -> torch.Tensor:
+    """Next-token cross-entropy on an ``(input, target)`` batch."""
+    inp, tgt = batch[0], batch[1]
+    return calc_loss_batch(inp, tgt, model)
+
+
+def to_device(batch, device: torch.device):
+    """Move every tensor in a (nested) tuple/list/dict batch to ``device``."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _first_tensor(batch) -> torch.Tensor | None:
+    if torch.is_tensor(batch):
+        return batch
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        t = _first_tensor(v)
+        if t is not None:
+            return t
+    return None
+
+
+def _loader_generators(loader) -> list[torch.Generator]:
+    """The generators that decide a DataLoader's order (its own and its sampler's), each once."""
+    found: dict[int, torch.Generator] = {}
+    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None),
+                                                                     "sampler", None)):
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator):
+            found.setdefault(id(g), g)
+    return list(found.values())
+
+
+def _order_state(loader) -> dict[str, Any]:
+    return {"rng": capture_rng(), "gens": [generator_state(g) for g in _loader_generators(loader)]}
+
+
+def _restore_order_state(loader, state: dict[str, Any]) -> None:
+    restore_rng(state["rng"])
+    for g, s in zip(_loader_generators(loader), state["gens"]):
+        set_generator_state(g, s)
+
+
+def _due(every: int | None, step: int, epoch_ended: bool) -> bool:
+    if every is None:
+        return False
+    return epoch_ended if every == 0 else step % every == 0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, loss_fn: Callable | None = None, num_batches: int | None = None, *,
+             device: torch.device | str | None = None, bf16: bool = False) -> float:
+    """Mean ``loss_fn`` over the first ``num_batches`` batches of ``loader`` in eval mode (nan if empty).
+
+    Under torch.distributed the result is averaged over all processes.
+    """
+    loss_fn = loss_fn or default_loss
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    try:
+        for i, batch in enumerate(loader):
+            if num_batches is not None and i >= num_batches:
+                break
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                total += float(loss_fn(model, to_device(batch, device)))
+            n += 1
+    finally:
+        model.train(was_training)
+    mean = total / n if n else float("nan")
+    return distributed.all_reduce_mean(mean)
+
+
+# --------------------------------------------------------------------------------------------- train
+def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
+          loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+          eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+          sample_fn: Callable[[nn.Module], str] | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False,
+          device: torch.device | str | None = None,
+          optimizer: torch.optim.Optimizer | None = None) -> History:
+    """Train ``model`` in place and return its :class:`History` (see the module docstring).
+
+    ``val_loader`` may be None (no validation loss; ``val_loss`` records nan). ``device`` defaults to
+    the model's device (the model is moved when one is given). ``optimizer`` defaults to
+    :func:`make_optimizer`; pass your own to change it (its learning rate is still set by the schedule).
+    ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` or starts fresh if none.
+    """
+    loss_fn = loss_fn or default_loss
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
+    n_batches = len(train_loader)
+    if n_batches == 0:
+        raise TrainingError("train_loader yields no batches; use more data, a smaller batch size or "
+                            "drop_last=False")
+    n_steps = total_steps(cfg, n_batches)
+    if n_steps == 0:
+        raise TrainingError(f"{n_batches} batches per epoch make no step with grad_accum_steps="
+                            f"{cfg.grad_accum_steps}; lower grad_accum_steps or train longer")
+    optimizer = optimizer or make_optimizer(model, cfg)
+    main = distributed.is_main()
+    world = distributed.world_size()
+    net = distributed.wrap_model(model) if distributed.is_distributed() else model
+
+    history = History()
+    step = epoch = batch_in_epoch = 0
+    tokens = examples = 0
+    elapsed0 = 0.0
+    resume_state = None
+    ckpt = latest_checkpoint(checkpoint_dir) if (resume and checkpoint_dir is not None) else None
+    if ckpt is not None:
+        resume_state = load_checkpoint(ckpt, model=model, optimizer=optimizer, map_location=device)
+        step, epoch, batch_in_epoch = resume_state["step"], resume_state["epoch"], resume_state["batch"]
+        tokens, examples = resume_state["tokens_seen"], resume_state["examples_seen"]
+        elapsed0 = resume_state["elapsed"]
+        history = History.from_dict(resume_state["history"])
+        if main and cfg.verbose:
+            print(f"resuming from step {step} (epoch {epoch}, batch {batch_in_epoch})")
+    elif cfg.seed is not None:
+        import random
+
+        import numpy as np
+
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+
+    start = time.perf_counter()
+    bar = progress(total=n_steps, initial=step, desc="training", unit="step", disable=not main)
+
+    def evaluate_now(epoch_pos: float, lr: float) -> None:
+        raw = model
+        tr = evaluate(raw, train_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+        va = (evaluate(raw, val_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+              if val_loader is not None else float("nan"))
+        history.steps.append(step)
+        history.epochs.append(round(epoch_pos, 6))
+        history.tokens_seen.append(tokens)
+        history.examples_seen.append(examples)
+        history.train_loss.append(tr)
+        history.val_loss.append(va)
+        history.lr.append(lr)
+        history.wall_time.append(elapsed0 + time.perf_counter() - start)
+        for k, v in (eval_fn(raw) if eval_fn is not None else {}).items():
+            history.metrics.setdefault(k, []).append(float(v))
+        if main and cfg.verbose:
+            extra = "".join(f", {k} {v[-1]:.3f}" for k, v in history.metrics.items())
+            print(f"epoch {epoch_pos:5.2f}  step {step:6d}  train loss {tr:.3f}  val loss {va:.3f}{extra}")
+
+    def sample_now(epoch_pos: float) -> None:
+        if not main:  # only rank 0 generates; nothing collective happens inside sample_fn
+            return
+        text = sample_fn(model)
+        history.samples.append({"step": step, "epoch": round(epoch_pos, 6), "text": text})
+        if cfg.verbose:
+            print(f"sample @ step {step}: {text!r}")
+
+    micro = 0
+    running = None  # summed on the device: reading a GPU value every step would stall the GPU
+    pending: list[torch.Tensor] = []  # per-step losses not yet copied into history
+
+    def flush_losses() -> None:
+        # one device->host copy (and one all-reduce) for many steps; every rank flushes at the same steps
+        if pending:
+            values = distributed.all_reduce_mean_tensor(torch.stack(pending).double()).tolist()
+            history.step_loss.extend(values)
+            pending.clear()
+            bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
+    epoch_end_pending = False
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        while step < n_steps and (cfg.epochs is None or epoch < cfg.epochs):
+            distributed.set_sampler_epoch(train_loader, epoch)
+            if resume_state is not None and batch_in_epoch > 0:
+                # replay this epoch's start (same shuffle), skip what the checkpointed run consumed,
+                # then continue with the random state it had when it saved
+                epoch_order = resume_state["epoch_order"]
+                _restore_order_state(train_loader, epoch_order)
+                it = iter(train_loader)
+                for _ in range(batch_in_epoch):
+                    next(it)
+                _restore_order_state(train_loader, resume_state["order"])
+            else:
+                if resume_state is not None:  # checkpoint taken at an epoch boundary
+                    _restore_order_state(train_loader, resume_state["order"])
+                epoch_order = _order_state(train_loader)
+                it = iter(train_loader)
+            resume_state = None
+            for batch in it:
+                batch_in_epoch += 1
+                batch = to_device(batch, device)
+                micro += 1
+                sync = micro == cfg.grad_accum_steps
+                ctx = net.no_sync() if (net is not model and not sync) else contextlib.nullcontext()
+                with ctx:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                        loss = loss_fn(net, batch)
+                    (loss / cfg.grad_accum_steps).backward()
+                running = loss.detach().float() if running is None else running + loss.detach().float()
+                first = _first_tensor(batch)
+                if first is not None:
+                    tokens += first.numel() * world
+                    examples += first.shape[0] * world
+                if not sync:
+                    continue
+                lr = lr_at(step, cfg, n_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                pending.append(running / cfg.grad_accum_steps)
+                micro, running = 0, None
+                bar.update(1)
+
+                epoch_ended = batch_in_epoch == n_batches or epoch_end_pending
+                epoch_end_pending = False
+                epoch_pos = epoch + batch_in_epoch / n_batches
+                last = step == n_steps
+                if step % cfg.log_every == 0 or last:
+                    flush_losses()
+                if cfg.eval_every is not None and (_due(cfg.eval_every, step, epoch_ended) or last):
+                    flush_losses()
+                    evaluate_now(epoch_pos, lr)
+                if sample_fn is not None and cfg.sample_every is not None and (
+                        _due(cfg.sample_every, step, epoch_ended) or last):
+                    sample_now(epoch_pos)
+                if checkpoint_dir is not None and (_due(cfg.checkpoint_every, step, epoch_ended) or last):
+                    flush_losses()
+                    pos = (epoch + 1, 0) if batch_in_epoch == n_batches else (epoch, batch_in_epoch)
+                    state = {
+                        "epoch": pos[0], "batch": pos[1], "tokens_seen": tokens, "examples_seen": examples,
+                        "elapsed": elapsed0 + time.perf_counter() - start,
+                        "history": history.to_dict(), "order": _order_state(train_loader),
+                        "epoch_order": epoch_order, "train_config": asdict(cfg),
+                    }
+                    if main:
+                        save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, state=state,
+                                        step=step, keep=cfg.keep_checkpoints)
+                    distributed.barrier()
+                if step >= n_steps:
+                    break
+            else:  # the epoch ran out of batches
+                epoch += 1
+                batch_in_epoch = 0
+                epoch_end_pending = micro > 0  # an accumulation straddles the boundary: report at its step
+                continue
+            break
+        flush_losses()
+    finally:
+        bar.close()
+    model.eval()
+    return history
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def plot_losses(history: History, *, title: str = "Training and validation loss"):
+    """Train and validation loss against epochs, with tokens seen on a twin x-axis; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(history.epochs, history.train_loss, label="training loss")
+    ax.plot(history.epochs, history.val_loss, linestyle="-.", label="validation loss")
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("loss (cross-entropy)")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    top = ax.twiny()  # same curve against tokens: shares the y-axis, second x-axis on top
+    top.plot(history.tokens_seen, history.train_loss, alpha=0)
+    top.set_xlabel("tokens seen")
+    fig.tight_layout()
+    plt.close(fig)  # the caller displays it; avoid a second copy from the inline backend
+    return fig
