@@ -29,7 +29,7 @@ from llm_companion.training import TrainConfig, make_optimizer, train
 
 MODELS = {
     # chapter 4's quick profile: (config, batch size)
-    "quick": (GPTConfig.preset("gpt2-small", emb_dim=128, n_layers=2, n_heads=4, context_length=128), 4),
+    "quick": (GPTConfig.preset("gpt2-small", emb_dim=128, n_layers=4, n_heads=4, context_length=64), 2),
     # the GPT-2 small architecture at the reference book's training context and batch
     "gpt2-small": (GPTConfig.preset("gpt2-small", context_length=256), 2),
 }
@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", default="quick,gpt2-small")
     p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--steps", type=int, default=None, help="steps per timed run (default: 8 quick, 2 gpt2-small on CPU)")
+    p.add_argument("--steps", type=int, default=None, help="steps per timed run (default: 16 quick, 2 gpt2-small on CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
@@ -101,7 +101,7 @@ def main() -> None:
     print(f"{'model':11} {'precision':9} {'params':>12} {'tokens/s train()':>17} {'tokens/s bare':>14} {'overhead':>9}")
     for name in args.models.split(","):
         for precision in args.precisions.split(","):
-            steps = args.steps or (8 if name == "quick" or device.type != "cpu" else 2)
+            steps = args.steps or (16 if name == "quick" or device.type != "cpu" else 2)
             r = bench(name, precision, steps, args.repeats, device)
             results.append(r)
             print(f"{name:11} {precision:9} {r['params']:>12,} {r['tokens_per_s_train']:>17,.0f} "

@@ -5,6 +5,7 @@ Public names are re-exported here; each lives in the module named for its concep
 from .artifacts import fetch
 from .attention import KVCache, MultiHeadAttention
 from .chat import load_assistant, save_assistant
+from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .classification import GPTClassifier, classify, load_classifier, save_classifier
 from .config import GPTConfig
 from .dataset import GPTDataset, create_dataloader
@@ -12,8 +13,11 @@ from .embeddings import GPTEmbedding
 from .generation import generate, generate_stream
 from .gpt2 import WeightsInfo, load_pretrained
 from .instruct import InstructionCollator, InstructionDataset, format_prompt, load_instruction_data
+from .losses import calc_loss_batch, calc_loss_loader, perplexity
 from .model import GPTModel
+from .pretrain import ensure_standin
 from .tokenizer import SimpleTokenizer, UnknownTokenError, build_vocab, gpt2_tokenizer
+from .training import History, TrainConfig, plot_losses, train
 
 __version__ = "0.1.0"
 
@@ -23,16 +27,21 @@ __all__ = [
     "GPTDataset",
     "GPTEmbedding",
     "GPTModel",
+    "History",
     "InstructionCollator",
     "InstructionDataset",
     "KVCache",
     "MultiHeadAttention",
     "SimpleTokenizer",
+    "TrainConfig",
     "UnknownTokenError",
     "WeightsInfo",
     "build_vocab",
+    "calc_loss_batch",
+    "calc_loss_loader",
     "classify",
     "create_dataloader",
+    "ensure_standin",
     "fetch",
     "format_prompt",
     "generate",
@@ -40,8 +49,15 @@ __all__ = [
     "gpt2_tokenizer",
     "load_assistant",
     "load_classifier",
+    "load_checkpoint",
     "load_instruction_data",
+    "load_model",
     "load_pretrained",
+    "perplexity",
+    "plot_losses",
     "save_assistant",
+    "save_checkpoint",
     "save_classifier",
+    "save_model",
+    "train",
 ]

@@ -28,6 +28,9 @@ class KVCache:
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # tokens already stored (advanced by the model after all layers ran)
+        # Optional (C, V) copy of the output head that GPTModel uses for one-position logits; generation sets
+        # it from GPTModel.transposed_head() (see there for why).
+        self.head: torch.Tensor | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k, v`` (B, H, T, hd) after the cached ones; return all keys/values so far."""
@@ -53,11 +56,24 @@ class MultiHeadAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.use_sdpa = True  # set False to force the explicit path everywhere
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, return_weights: bool = False):
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, return_weights: bool = False,
+                last_only: bool = False):
+        """Attention output (B, T, C) for ``x`` (B, T, C); with ``return_weights`` also the weights (B, H, T, T').
+
+        ``last_only`` returns the output of the last position only (B, 1, C) — keys and values are still
+        computed (and cached) for every position, but the other queries are skipped.
+        """
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)                                  # 3 × (B, T, C)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)           # (B, H, T, hd)
-        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        if last_only and T > 1:
+            # keys/values for all positions, the query for the last one: rows of the fused weight are views
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])        # (B, 1, C)
+            k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
+        else:
+            q, k, v = self.qkv(x).split(C, dim=2)                              # 3 × (B, T, C)
+        Tq = q.shape[1]
+        q = q.view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)          # (B, H, Tq, hd)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)           # (B, H, T, hd)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         past = 0
         if cache is not None:
@@ -66,11 +82,15 @@ class MultiHeadAttention(nn.Module):
 
         weights = None
         drop = self.drop_p if self.training else 0.0
-        if T == 1 and past > 0 and not return_weights and drop == 0.0:
-            # Decoding one token: it sees every cached key, so no mask. Two small matmuls beat the fused
-            # kernel here, whose threading overhead dominates at one query (and stalls on a busy CPU).
+        if Tq == 1 and (past > 0 or last_only) and not return_weights and drop == 0.0:
+            # One query at the end of the sequence sees every key, so no mask. Two small matmuls beat the
+            # fused kernel here, whose threading overhead dominates at one query (and stalls on a busy CPU).
             scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, 1, past+1)
             out = torch.softmax(scores, dim=-1) @ v                            # (B, H, 1, hd)
+        elif last_only and Tq == 1:  # one query that sees every key (weights requested, or dropout on)
+            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, 1, past+T)
+            weights = torch.softmax(scores, dim=-1)
+            out = self.attn_dropout(weights) @ v
         elif self.use_sdpa and not return_weights:
             if past == 0:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=T > 1)
@@ -83,7 +103,7 @@ class MultiHeadAttention(nn.Module):
             weights = torch.softmax(scores, dim=-1)
             out = self.attn_dropout(weights) @ v                               # (B, H, T, hd)
 
-        out = out.transpose(1, 2).reshape(B, T, C)                             # (B, T, C)
+        out = out.transpose(1, 2).reshape(B, Tq, C)                            # (B, Tq, C)
         out = self.proj(out)
         return (out, weights) if return_weights else out
 

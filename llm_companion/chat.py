@@ -119,7 +119,7 @@ def decode_stream(tokens: Iterable[int], tokenizer, *, stops: tuple[str, ...] = 
 
     GPT-2 tokens are byte sequences and one character may span two tokens, so bytes go through an
     incremental UTF-8 decoder: half a character is held back until its other half arrives. Text that may be
-    the start of a stop marker (a new turn, ``### Instruction:`` …) is held back too; the text ends at a
+    the start of a stop marker (a new section such as ``### Instruction:``) is held back too; the text ends at a
     complete marker (the generator is then closed, which ends generation). Leading and trailing whitespace
     is dropped.
     """

@@ -51,12 +51,12 @@ def encode_texts(texts: Iterable[str], tokenizer, max_length: int | None = None,
     text. Text that looks like a special token is encoded as ordinary text, so a message can never contain
     the padding id.
     """
-    encoded = []
-    for i, text in enumerate(texts):
-        ids = _encode(tokenizer, text)
-        if not ids:
-            raise EmptyInputError(f"text {i} encodes to no tokens; remove empty messages before encoding")
-        encoded.append(ids)
+    return pad_sequences(_encode_all(texts, tokenizer), max_length, pad_token_id)
+
+
+def pad_sequences(encoded: Sequence[Sequence[int]], max_length: int | None = None,
+                  pad_token_id: int = PAD_TOKEN_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncate token-id lists to ``max_length`` (default: the longest) and right-pad them; see :func:`encode_texts`."""
     length = max(len(ids) for ids in encoded) if max_length is None else int(max_length)
     if length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length!r}")
@@ -67,6 +67,16 @@ def encode_texts(texts: Iterable[str], tokenizer, max_length: int | None = None,
         input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         lengths[i] = len(ids)
     return input_ids, lengths
+
+
+def _encode_all(texts: Iterable[str], tokenizer) -> list[list[int]]:
+    encoded = []
+    for i, text in enumerate(texts):
+        ids = _encode(tokenizer, text)
+        if not ids:
+            raise EmptyInputError(f"text {i} encodes to no tokens; remove empty messages before encoding")
+        encoded.append(ids)
+    return encoded
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -88,15 +98,16 @@ class ClassificationDataset(Dataset):
         texts, labels = list(texts), [int(y) for y in labels]
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        encoded = _encode_all(texts, tokenizer)
         if max_length is None:
-            longest = max(len(_encode(tokenizer, t)) for t in texts)
+            longest = max(len(ids) for ids in encoded)
             max_length = longest if context_length is None else min(longest, context_length)
         elif context_length is not None and max_length > context_length:
             raise ValueError(f"max_length {max_length} exceeds the model's context_length {context_length}; "
                              f"use max_length <= {context_length}")
         self.max_length = int(max_length)
         self.pad_token_id = pad_token_id
-        self.input_ids, self.lengths = encode_texts(texts, tokenizer, self.max_length, pad_token_id)
+        self.input_ids, self.lengths = pad_sequences(encoded, self.max_length, pad_token_id)
         self.labels = torch.tensor(labels, dtype=torch.long)
 
     @classmethod

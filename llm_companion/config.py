@@ -39,6 +39,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        if not self.ln_eps > 0.0:
+            raise ConfigError(f"ln_eps must be > 0 (GPT-2 uses 1e-5), got {self.ln_eps!r}")
 
     @property
     def head_dim(self) -> int:

@@ -136,7 +136,7 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
         instruction=ALPACA_PREAMBLE + "\n\n### Instruction:\n{instruction}",
         input="\n\n### Input:\n{input}",
         response_header="\n\n### Response:\n",
-        stops=("\n### ", "### Instruction:", "### Input:", "### Response:"),
+        stops=("###",),  # no answer in the data contains it: a header means a new section has begun
     ),
     # Microsoft's Phi-3 chat format (the tags are plain text to the GPT-2 tokenizer)
     "phi3": PromptStyle(
@@ -187,7 +187,7 @@ def extract_response(text: str, prompt: str | None = None, style: str | PromptSt
     """The answer part of generated text.
 
     Drops ``prompt`` when ``text`` starts with it (and a leading response header a model may repeat), then
-    cuts at ``<|endoftext|>`` or at a marker of a new turn (``### Instruction:`` …).
+    cuts at ``<|endoftext|>`` or at a marker of a new section (for Alpaca, any ``###`` header).
     """
     st = prompt_style(style)
     if prompt is not None and text.startswith(prompt):
@@ -336,7 +336,7 @@ def generate_responses(model: nn.Module, records: Sequence[dict], tokenizer, *, 
     gen = torch.Generator(device=device).manual_seed(seed)
     eot = _eot_id(tokenizer)
     answers = []
-    for rec in progress(records, desc=desc, unit="example"):
+    for rec in progress(records, desc=desc, unit="example", disable=len(records) < 2):
         prompt_ids = encode(tokenizer, format_prompt(rec, style))
         idx = torch.tensor([prompt_ids], device=device)                      # (1, T)
         out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=eot,
@@ -375,7 +375,7 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return [float(scorer.score(ref, pred)["rougeL"].fmeasure) for pred, ref in zip(predictions, references)]
 
 
 def response_table(records: Sequence[dict], *, key: str = "model_response", n: int | None = None,

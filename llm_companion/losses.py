@@ -52,4 +52,6 @@ def calc_loss_loader(loader, model: nn.Module, num_batches: int | None = None,
 
 def perplexity(loss: float | torch.Tensor) -> float:
     """``exp(loss)``: the effective number of tokens the model hesitates between at each step."""
+    if torch.is_tensor(loss):
+        loss = loss.detach()
     return math.exp(float(loss))

@@ -34,8 +34,10 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), cache))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
+        """(B, T, C) → (B, T, C); with ``last_only`` only the last position's output (B, 1, C)."""
+        h = self.attn(self.norm1(x), cache, last_only=last_only)
+        x = (x[:, -1:] if last_only else x) + self.drop(h)
         x = x + self.drop(self.ff(self.norm2(x)))
         return x
 
@@ -84,18 +86,44 @@ class GPTModel(nn.Module):
         # positions past … past+T-1: a slice of the table is the same lookup as pos_emb(arange), without the
         # index tensor (it matters when decoding one token at a time)
         x = self.drop(self.tok_emb(idx) + self.pos_emb.weight[past:past + T])   # (B, T, C)
-        for block in self.blocks:
-            x = block(x, cache)
+        # Generation needs only the next token's logits. The last block then computes keys and values for
+        # every position (later tokens attend to them) but everything else for the last position only, and
+        # the big vocabulary head projects one row instead of T.
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, last_only=last_only and i == len(self.blocks) - 1)
         if cache is not None:
             cache.length += T
-        if last_only:  # generation needs only the next token: skip the (T-1) × vocab rows of the big head
-            x = x[:, -1:]                                                       # (B, 1, C)
-        return self.out_head(self.final_norm(x))                                # (B, T, V)
+        x = self.final_norm(x)                                                  # (B, T or 1, C)
+        if cache is not None and cache.head is not None and x.shape[1] == 1:
+            return x @ cache.head                                               # (B, 1, V), as out_head(x)
+        return self.out_head(x)                                                 # (B, T, V)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache sized for this model, on its device and in its dtype."""
         p = self.tok_emb.weight
         return KVCache(self.cfg, batch_size, max_len=max_len, device=p.device, dtype=p.dtype)
+
+    def transposed_head(self) -> torch.Tensor | None:
+        """A contiguous (C, V) copy of ``out_head.weight`` for decoding on a CPU, or None where it does not apply.
+
+        For one row of activations, a CPU streams the (C, V) layout about twice as fast as ``nn.Linear``'s
+        (V, C) layout, and the head is the largest matrix of a small GPT (38.6M of GPT-2 small's 124M
+        parameters), so generation pays for one copy to make every decoding step faster. The copy is kept
+        until the weight changes (an optimizer step or ``load_state_dict`` bumps its version), so repeated
+        ``generate`` calls make it once. None on accelerators, or when the head is not a plain bias-free
+        ``nn.Linear`` (a classifier head, an adapter).
+        """
+        head = self.out_head
+        if type(head) is not nn.Linear or head.bias is not None or head.weight.device.type != "cpu":
+            return None
+        w = head.weight
+        key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+        cached = self.__dict__.get("_transposed_head")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, w.detach().t().contiguous())                     # (C, V)
+            self.__dict__["_transposed_head"] = cached
+        return cached[1]
 
     def num_parameters(self, *, exclude_tied: bool = True) -> int:
         """Parameter count; a tied embedding/head matrix is counted once."""

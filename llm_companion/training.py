@@ -304,9 +304,8 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
     bar = progress(total=n_steps, initial=step, desc="training", unit="step", disable=not main)
 
     def evaluate_now(epoch_pos: float, lr: float) -> None:
-        raw = model
-        tr = evaluate(raw, train_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
-        va = (evaluate(raw, val_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+        tr = evaluate(model, train_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+        va = (evaluate(model, val_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
               if val_loader is not None else float("nan"))
         history.steps.append(step)
         history.epochs.append(round(epoch_pos, 6))
@@ -316,8 +315,15 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
         history.val_loss.append(va)
         history.lr.append(lr)
         history.wall_time.append(elapsed0 + time.perf_counter() - start)
-        for k, v in (eval_fn(raw) if eval_fn is not None else {}).items():
-            history.metrics.setdefault(k, []).append(float(v))
+        if eval_fn is not None:
+            model.eval()  # metrics see the model as it predicts: no dropout, no gradients
+            try:
+                with torch.no_grad():
+                    extra = eval_fn(model)
+            finally:
+                model.train()
+            for k, v in extra.items():
+                history.metrics.setdefault(k, []).append(float(v))
         if main and cfg.verbose:
             extra = "".join(f", {k} {v[-1]:.3f}" for k, v in history.metrics.items())
             print(f"epoch {epoch_pos:5.2f}  step {step:6d}  train loss {tr:.3f}  val loss {va:.3f}{extra}")

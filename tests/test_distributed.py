@@ -36,6 +36,7 @@ def _pretrain(tmp_path, out, nproc):
     return run.stdout
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     out1 = _pretrain(tmp_path, tmp_path / "one", 1)
     out2 = _pretrain(tmp_path, tmp_path / "two", 2)

@@ -148,6 +148,7 @@ def test_extract_response():
     assert extract_response(prompt + "Blue.<|endoftext|>junk", prompt) == "Blue."
     assert extract_response("Red.\n\n### Instruction:\nMore", prompt) == "Red."
     assert extract_response("### Response:\n  Green  ") == "Green"
+    assert extract_response("### Response.") == ""  # a header that is not the response header ends it
     assert extract_response("Hi <|user|> x", style="phi3") == "Hi"
 
 
@@ -189,6 +190,7 @@ def test_rouge_l_on_known_strings():
     # LCS "the cat on the mat" = 5 of 6 tokens on both sides -> F1 = 5/6
     assert scores[0] == pytest.approx(5 / 6)
     assert scores[1:] == [0.0, 0.0]
+    assert all(type(x) is float for x in scores)  # rouge-score gives int 0 for an empty prediction
     assert rouge_l(["Running fast."], ["run fast"]) == [1.0]  # Porter stemming: running -> run
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         rouge_l(["a", "b"], ["a"])

@@ -79,6 +79,8 @@ def test_config_validation():
         GPTConfig(n_layers=0)
     with pytest.raises(ConfigError, match="drop_rate"):
         GPTConfig(drop_rate=1.0)
+    with pytest.raises(ConfigError, match="ln_eps"):
+        GPTConfig(ln_eps=0.0)
     with pytest.raises(ConfigError, match="unknown preset"):
         GPTConfig.preset("gpt5")
     cfg = GPTConfig.preset("gpt2-medium", context_length=256)
@@ -172,3 +174,63 @@ def test_same_seed_same_init():
     torch.manual_seed(5)
     b = GPTModel(ODD)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_transposed_head_is_cached_until_the_weight_changes():
+    torch.manual_seed(0)
+    model = GPTModel(ODD).eval()
+    head = model.transposed_head()
+    assert head.shape == (ODD.emb_dim, ODD.vocab_size) and head.is_contiguous()
+    assert torch.equal(head, model.out_head.weight.t())
+    assert model.transposed_head() is head                    # made once
+    with torch.no_grad():
+        model.tok_emb.weight.add_(1.0)                        # tied: the head changed in place
+    fresh = model.transposed_head()
+    assert fresh is not head and torch.equal(fresh, model.out_head.weight.t())
+
+
+def test_transposed_head_gives_the_same_logits_and_skips_other_heads():
+    torch.manual_seed(0)
+    model = GPTModel(ODD).eval()
+    x = torch.randint(0, ODD.vocab_size, (2, 9))
+    with torch.no_grad():
+        plain = model(x, model.new_cache(2), last_only=True)
+        cache = model.new_cache(2)
+        cache.head = model.transposed_head()
+        fast = model(x, cache, last_only=True)
+    assert torch.allclose(plain, fast, atol=1e-5)
+    model.out_head = torch.nn.Linear(ODD.emb_dim, 2)          # e.g. a classifier head with a bias
+    assert model.transposed_head() is None
+
+
+def test_plot_attention_draws_one_panel_per_matrix():
+    from llm_companion.attention import plot_attention
+
+    w = torch.softmax(torch.randn(3, 5, 5).masked_fill(~causal_mask(5, 5), float("-inf")), dim=-1)
+    fig = plot_attention(w, list("abcde"), titles=["h0", "h1", "h2"])
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["h0", "h1", "h2"]
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == list("abcde")
+    assert len(panels[0].texts) == 25  # every cell annotated (small matrix)
+    fig = plot_attention(torch.zeros(4, 4).masked_fill(~causal_mask(4, 4), float("-inf")), list("wxyz"))
+    assert "−∞" in {t.get_text() for t in fig.axes[0].texts}
+
+
+def test_last_only_with_cache_fills_the_same_cache_and_weights_match():
+    torch.manual_seed(0)
+    model = GPTModel(ODD).eval()
+    x = torch.randint(0, ODD.vocab_size, (2, 12))
+    with torch.no_grad():
+        full_cache, last_cache = model.new_cache(2), model.new_cache(2)
+        full = model(x, full_cache)
+        last = model(x, last_cache, last_only=True)
+        assert torch.allclose(last, full[:, -1:], atol=1e-5)
+        assert torch.allclose(last_cache.k[:, :, :, :12], full_cache.k[:, :, :, :12], atol=1e-6)
+        assert torch.allclose(last_cache.v[:, :, :, :12], full_cache.v[:, :, :, :12], atol=1e-6)
+        nxt = torch.randint(0, ODD.vocab_size, (2, 1))  # decoding continues identically from either cache
+        assert torch.allclose(model(nxt, last_cache), model(nxt, full_cache), atol=1e-5)
+        attn, h = model.blocks[0].attn, torch.randn(2, 7, ODD.emb_dim)
+        out_full, w_full = attn(h, return_weights=True)
+        out_last, w_last = attn(h, return_weights=True, last_only=True)
+    assert torch.allclose(out_last, out_full[:, -1:], atol=1e-6)
+    assert torch.allclose(w_last, w_full[:, :, -1:], atol=1e-6)

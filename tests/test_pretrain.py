@@ -66,6 +66,7 @@ def test_cli_reports_a_bad_corpus_in_one_line(tmp_path):
     assert "no-such-corpus" in run.stderr and "text file path or one of" in run.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_writes_the_model_and_resumes(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("To be, or not to be, that is the question.\n" * 60)
@@ -78,3 +79,12 @@ def test_cli_trains_writes_the_model_and_resumes(tmp_path):
     resumed = _cli("--corpus", str(corpus), "--preset", "gpt-nano", "--context", "16", "--steps", "2",
                    "--batch-size", "4", "--out", str(tmp_path / "run"), "--resume", home=tmp_path)
     assert resumed.returncode == 0 and "resuming from step 2" in resumed.stdout
+
+
+def test_a_standin_from_an_older_recipe_is_retrained(home, monkeypatch):
+    path = pretrain.ensure_standin(verbose=False)
+    old_id = json.loads((path / "metrics.json").read_text())["recipe_id"]
+    monkeypatch.setattr(pretrain, "STANDIN", dict(TINY, steps=2))
+    pretrain.ensure_standin(verbose=False)
+    m = json.loads((path / "metrics.json").read_text())
+    assert m["steps"] == 2 and m["recipe_id"] != old_id

@@ -188,6 +188,7 @@ def _run(script, ckpt, out, delay, **kw):
                             env={**os.environ, "LLM_COMPANION_PROGRESS": "off"}, **kw)
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_bit_identical_weights(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RUN)
