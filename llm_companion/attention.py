@@ -82,26 +82,20 @@ class MultiHeadAttention(nn.Module):
 
         weights = None
         drop = self.drop_p if self.training else 0.0
-        if Tq == 1 and (past > 0 or last_only) and not return_weights and drop == 0.0:
-            # One query at the end of the sequence sees every key, so no mask. Two small matmuls beat the
-            # fused kernel here, whose threading overhead dominates at one query (and stalls on a busy CPU).
-            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, 1, past+1)
-            out = torch.softmax(scores, dim=-1) @ v                            # (B, H, 1, hd)
-        elif last_only and Tq == 1:  # one query that sees every key (weights requested, or dropout on)
-            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, 1, past+T)
-            weights = torch.softmax(scores, dim=-1)
-            out = self.attn_dropout(weights) @ v
-        elif self.use_sdpa and not return_weights:
-            if past == 0:
+        if self.use_sdpa and not return_weights:
+            # One fused call per layer (few, large kernels: what a busy CPU with many threads handles best)
+            if past == 0 and Tq == T:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=T > 1)
+            elif Tq == 1:  # one query at the end of the sequence (decoding, last_only) sees every key
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past + T, x.device),
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, past + T, x.device),
                                                      dropout_p=drop)
         else:
-            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, T, past+T)
-            scores = scores.masked_fill(~causal_mask(T, past + T, x.device), float("-inf"))
+            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, Tq, past+T)
+            scores = scores.masked_fill(~causal_mask(Tq, past + T, x.device), float("-inf"))
             weights = torch.softmax(scores, dim=-1)
-            out = self.attn_dropout(weights) @ v                               # (B, H, T, hd)
+            out = self.attn_dropout(weights) @ v                               # (B, H, Tq, hd)
 
         out = out.transpose(1, 2).reshape(B, Tq, C)                            # (B, Tq, C)
         out = self.proj(out)

@@ -60,7 +60,10 @@ def save_assistant(model: nn.Module, directory: str | Path | None = None, *, pro
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {tokenizer!r}; use one of {', '.join(TOKENIZERS)}")
     directory = Path(directory) if directory is not None else default_assistant_dir()
-    meta = {"prompt_style": prompt_style_name, "tokenizer": tokenizer, "base": _jsonable(base),
+    base = _jsonable(base)
+    if isinstance(base, dict):
+        base.pop("local_path", None)  # machine-specific; WeightsInfo.path is the project-relative one
+    meta = {"prompt_style": prompt_style_name, "tokenizer": tokenizer, "base": base,
             "notes": _jsonable(notes or {})}
     return save_model(model, directory, extra={ASSISTANT_FILE: meta})
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -292,10 +294,6 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
         if main and cfg.verbose:
             print(f"resuming from step {step} (epoch {epoch}, batch {batch_in_epoch})")
     elif cfg.seed is not None:
-        import random
-
-        import numpy as np
-
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)

@@ -138,6 +138,9 @@ def test_cli_missing_model_says_how_to_create_one(tmp_path):
     assert r.stderr.startswith("llm-companion chat: error:")
 
 
-def test_saved_metadata_is_plain_json(saved):
+def test_saved_metadata_is_plain_json(saved, tmp_path):
     meta = json.loads((saved[0] / "assistant.json").read_text())
     assert meta["tokenizer"] == "gpt2" and meta["prompt_style"] == "alpaca"
+    # a machine-specific absolute path of the base weights is not stored; the relative one is
+    save_assistant(saved[1], tmp_path / "a", base={"local_path": "/home/me/models/x", "path": "models/x"})
+    assert load_assistant(tmp_path / "a")[1]["base"] == {"path": "models/x"}

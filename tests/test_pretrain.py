@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -51,10 +52,8 @@ def test_ensure_standin_trains_once_deterministically_and_atomically(home, capsy
 
 
 def _cli(*args, home):
-    env = {"LLM_COMPANION_HOME": str(home), "LLM_COMPANION_PROGRESS": "off", "PATH": "/usr/bin:/bin"}
-    import os
-
-    env["LLM_COMPANION_MIRROR"] = os.environ.get("LLM_COMPANION_MIRROR", "")
+    env = {"LLM_COMPANION_HOME": str(home), "LLM_COMPANION_PROGRESS": "off", "PATH": "/usr/bin:/bin",
+           "LLM_COMPANION_MIRROR": os.environ.get("LLM_COMPANION_MIRROR", "")}
     return subprocess.run([sys.executable, "-m", "llm_companion.cli", "pretrain", *args], env=env,
                           capture_output=True, text=True, timeout=300)
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -96,12 +95,13 @@ def test_only_trainable_parameters_change_and_weight_decay_skips_biases_and_norm
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"final_norm.weight", "final_norm.bias"}
 
-    full = make_optimizer(_model(), TrainConfig(weight_decay=0.3))
-    decayed = {id(p) for g in full.param_groups if g["weight_decay"] == 0.3 for p in g["params"]}
     m = _model()
-    names = {n for n, p in m.named_parameters() if any(p.shape == q.shape and p.dim() >= 2
-                                                        for g in full.param_groups for q in g["params"])}
-    assert "tok_emb.weight" in names and len(decayed) == sum(p.dim() >= 2 for p in m.parameters())
+    full = make_optimizer(m, TrainConfig(weight_decay=0.3))
+    decay_ids = {id(p) for g in full.param_groups if g["weight_decay"] == 0.3 for p in g["params"]}
+    decayed = {n for n, p in m.named_parameters() if id(p) in decay_ids}
+    assert {"tok_emb.weight", "pos_emb.weight", "blocks.0.attn.qkv.weight"} <= decayed
+    assert not any(n.endswith("bias") or "norm" in n for n in decayed)
+    assert decayed == {n for n, p in m.named_parameters() if p.dim() >= 2}
 
 
 def test_custom_loss_fn_trains_a_classifier():
