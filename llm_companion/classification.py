@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from .artifacts import models_dir, project_home
 from .config import GPTConfig
 from .model import GPTModel
+from .training import evaluate
 
 PAD_TOKEN_ID = 50256          # GPT-2's <|endoftext|>, used for padding as in the reference book
 POOLINGS = ("last_real", "last", "first")
@@ -271,22 +272,10 @@ def calc_accuracy_loader(loader, model: nn.Module, num_batches: int | None = Non
     return float((preds == labels).float().mean()) if len(labels) else float("nan")
 
 
-@torch.no_grad()
 def calc_classification_loss_loader(loader, model: nn.Module, num_batches: int | None = None,
                                     device: torch.device | str | None = None) -> float:
-    """Mean :func:`classification_loss` per batch (``nan`` for an empty loader)."""
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    try:
-        for i, batch in enumerate(loader):
-            if num_batches is not None and i >= num_batches:
-                break
-            total += classification_loss(model, batch, device).item()
-            n += 1
-    finally:
-        model.train(was_training)
-    return total / n if n else float("nan")
+    """Mean :func:`classification_loss` per batch (``nan`` for an empty loader), via the loop's ``evaluate``."""
+    return evaluate(model, loader, classification_loss, num_batches, device=device)
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 2) -> torch.Tensor:

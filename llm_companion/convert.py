@@ -41,7 +41,7 @@ class ConversionError(ValueError):
 
 _GPT2_HEAD_DIM = 64  # every OpenAI GPT-2 size uses 64-dimensional heads
 _BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
-_RENAMES = [  # (HF suffix, our suffix, transpose?)
+BLOCK_RENAMES = [  # (HF suffix, our suffix, transpose?)
     ("ln_1.weight", "norm1.weight", False), ("ln_1.bias", "norm1.bias", False),
     ("attn.c_attn.weight", "attn.qkv.weight", True), ("attn.c_attn.bias", "attn.qkv.bias", False),
     ("attn.c_proj.weight", "attn.proj.weight", True), ("attn.c_proj.bias", "attn.proj.bias", False),
@@ -49,8 +49,8 @@ _RENAMES = [  # (HF suffix, our suffix, transpose?)
     ("mlp.c_fc.weight", "ff.fc.weight", True), ("mlp.c_fc.bias", "ff.fc.bias", False),
     ("mlp.c_proj.weight", "ff.proj.weight", True), ("mlp.c_proj.bias", "ff.proj.bias", False),
 ]
-_TOP = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight",
-        "ln_f.weight": "final_norm.weight", "ln_f.bias": "final_norm.bias", "lm_head.weight": "out_head.weight"}
+TOP_RENAMES = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight",
+               "ln_f.weight": "final_norm.weight", "ln_f.bias": "final_norm.bias", "lm_head.weight": "out_head.weight"}
 _SUPPORTED_ACTIVATIONS = {"gelu_new", "gelu_pytorch_tanh"}
 
 
@@ -106,11 +106,11 @@ def state_dict_from_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
         key = _strip_prefix(raw_key)
         if _BUFFERS.match(key):
             continue
-        if key in _TOP:
-            out[_TOP[key]] = tensor
+        if key in TOP_RENAMES:
+            out[TOP_RENAMES[key]] = tensor
             continue
         m = re.match(r"^h\.(\d+)\.(.+)$", key)
-        for hf_suffix, our_suffix, transpose in _RENAMES:
+        for hf_suffix, our_suffix, transpose in BLOCK_RENAMES:
             if m and m.group(2) == hf_suffix:
                 if transpose and tensor.dim() != 2:
                     raise ConversionError(f"{raw_key}: expected a 2-D Conv1D weight, got shape {tuple(tensor.shape)}")

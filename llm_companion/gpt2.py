@@ -34,7 +34,7 @@ from .artifacts import (GPT2_CHECKPOINT_FILES, ArtifactUnavailable, fetch, get_a
                         project_home)
 from .checkpoint import CheckpointError, CheckpointMismatch, load_model, publish_dir, verify_dir
 from .config import GPTConfig
-from .convert import (_RENAMES as _HF_RENAMES, _TOP as _HF_TOP, config_from_hf,  # the one naming table
+from .convert import (BLOCK_RENAMES as _HF_RENAMES, TOP_RENAMES as _HF_TOP, config_from_hf,  # the one naming table
                       config_from_state_dict, load_converted, model_from_hf_state_dict)
 from .model import GPTModel
 
