@@ -45,7 +45,7 @@ unit: data chromium
 	$(PY) -m pytest tests
 
 notebooks: data
-	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --sanitize-with chapters/sanitize.cfg chapters/
+	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --nbval-sanitize-with chapters/sanitize.cfg chapters/
 
 test: unit notebooks
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
+from .kernels import linear
 
 
 class KVCache:
@@ -28,9 +29,6 @@ class KVCache:
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # tokens already stored (advanced by the model after all layers ran)
-        # Optional (C, V) copy of the output head that GPTModel uses for one-position logits; generation sets
-        # it from GPTModel.transposed_head() (see there for why).
-        self.head: torch.Tensor | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k, v`` (B, H, T, hd) after the cached ones; return all keys/values so far."""
@@ -70,7 +68,7 @@ class MultiHeadAttention(nn.Module):
             q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])        # (B, 1, C)
             k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
         else:
-            q, k, v = self.qkv(x).split(C, dim=2)                              # 3 × (B, T, C)
+            q, k, v = linear(x, self.qkv).split(C, dim=2)                      # 3 × (B, T, C)
         Tq = q.shape[1]
         q = q.view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)          # (B, H, Tq, hd)
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)           # (B, H, T, hd)
@@ -98,7 +96,7 @@ class MultiHeadAttention(nn.Module):
             out = self.attn_dropout(weights) @ v                               # (B, H, Tq, hd)
 
         out = out.transpose(1, 2).reshape(B, Tq, C)                            # (B, Tq, C)
-        out = self.proj(out)
+        out = linear(out, self.proj)
         return (out, weights) if return_weights else out
 
 

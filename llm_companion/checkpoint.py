@@ -76,17 +76,22 @@ def write_json_atomic(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _seal(tmp_dir: Path) -> None:
-    """Write SHA256SUMS for every file in ``tmp_dir``, give them the usual permissions, flush to disk."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes it private (0700); a published model is not
+    return umask
+
+
+def _seal(tmp_dir: Path) -> None:
+    """Write SHA256SUMS for every file in ``tmp_dir``, give them the usual permissions, flush to disk."""
+    umask = _umask()
     sums = []
     for f in sorted(tmp_dir.iterdir()):
         if f.is_file() and f.name != SUMS:
@@ -102,6 +107,7 @@ def _seal(tmp_dir: Path) -> None:
 def publish_dir(tmp_dir: Path, final: Path) -> Path:
     """Move a completed ``tmp_dir`` to ``final`` atomically, replacing an existing directory."""
     tmp_dir, final = Path(tmp_dir), Path(final)
+    os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a published folder is not
     if final.exists():  # a directory cannot be os.replace'd onto a non-empty one: move the old aside first
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)

@@ -23,7 +23,9 @@ class UserError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-companion", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="llm-companion",
+        description="The command line of the book 'Build a GPT from Scratch' (library llm_companion).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module, help_text in COMMANDS:

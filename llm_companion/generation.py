@@ -46,12 +46,6 @@ def next_token(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | N
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def _new_cache(model: nn.Module, batch_size: int, head: torch.Tensor | None):
-    cache = model.new_cache(batch_size)
-    cache.head = head
-    return cache
-
-
 @torch.inference_mode()
 def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float,
                  top_k: int | None, top_p: float | None, eos_id: int | None, use_cache: bool,
@@ -64,8 +58,7 @@ def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, te
     model.eval()
     try:
         seq = idx[:, -ctx:]
-        head = model.transposed_head() if use_cache else None
-        cache = _new_cache(model, seq.shape[0], head) if use_cache else None
+        cache = model.new_cache(seq.shape[0]) if use_cache else None
         logits = model(seq, cache, last_only=True)[:, -1]
         done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
         for step in range(max_new_tokens):
@@ -80,7 +73,7 @@ def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, te
             if seq.shape[1] > ctx:  # window slides: positions change, so recompute it
                 seq = seq[:, -ctx:]
                 if use_cache:
-                    cache = _new_cache(model, seq.shape[0], head)
+                    cache = model.new_cache(seq.shape[0])
                     logits = model(seq, cache, last_only=True)[:, -1]
                 else:
                     logits = model(seq, last_only=True)[:, -1]

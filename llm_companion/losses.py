@@ -17,9 +17,13 @@ IGNORE_INDEX = -100
 
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
                     device: torch.device | str | None = None) -> torch.Tensor:
-    """Mean cross-entropy of ``model`` predicting ``target_batch`` (B, T) from ``input_batch`` (B, T)."""
-    if device is not None:
-        input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    """Mean cross-entropy of ``model`` predicting ``target_batch`` (B, T) from ``input_batch`` (B, T).
+
+    The batch is moved to ``device`` (default: the model's device), so a CPU DataLoader feeds a GPU model.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)                                                # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten(), ignore_index=IGNORE_INDEX)
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from .attention import KVCache, MultiHeadAttention
 from .config import GPTConfig
+from .kernels import linear
 
 
 class FeedForward(nn.Module):
@@ -20,7 +21,7 @@ class FeedForward(nn.Module):
         self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.act(self.fc(x)))
+        return linear(self.act(linear(x, self.fc)), self.proj)
 
 
 class TransformerBlock(nn.Module):
@@ -94,36 +95,12 @@ class GPTModel(nn.Module):
         if cache is not None:
             cache.length += T
         x = self.final_norm(x)                                                  # (B, T or 1, C)
-        if cache is not None and cache.head is not None and x.shape[1] == 1:
-            return x @ cache.head                                               # (B, 1, V), as out_head(x)
-        return self.out_head(x)                                                 # (B, T, V)
+        return linear(x, self.out_head)                                         # (B, T, V)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache sized for this model, on its device and in its dtype."""
         p = self.tok_emb.weight
         return KVCache(self.cfg, batch_size, max_len=max_len, device=p.device, dtype=p.dtype)
-
-    def transposed_head(self) -> torch.Tensor | None:
-        """A contiguous (C, V) copy of ``out_head.weight`` for decoding on a CPU, or None where it does not apply.
-
-        For one row of activations, a CPU streams the (C, V) layout about twice as fast as ``nn.Linear``'s
-        (V, C) layout, and the head is the largest matrix of a small GPT (38.6M of GPT-2 small's 124M
-        parameters), so generation pays for one copy to make every decoding step faster. The copy is kept
-        until the weight changes (an optimizer step or ``load_state_dict`` bumps its version), so repeated
-        ``generate`` calls make it once. None on accelerators, or when the head is not a plain bias-free
-        ``nn.Linear`` (a classifier head, an adapter).
-        """
-        head = self.out_head
-        if type(head) is not nn.Linear or head.bias is not None or head.weight.device.type != "cpu":
-            return None
-        w = head.weight
-        key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
-        cached = self.__dict__.get("_transposed_head")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, w.detach().t().contiguous())                     # (C, V)
-            self.__dict__["_transposed_head"] = cached
-        return cached[1]
 
     def num_parameters(self, *, exclude_tied: bool = True) -> int:
         """Parameter count; a tied embedding/head matrix is counted once."""

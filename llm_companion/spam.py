@@ -83,6 +83,7 @@ def _write_csv_atomic(df: pd.DataFrame, dest: Path) -> None:
     os.close(fd)
     try:
         df.to_csv(tmp, index=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from test_convert import ODD, hf_config, hf_gpt2
 from transformers import GPT2LMHeadModel
 
-from llm_companion import GPTConfig, GPTModel
+from llm_companion import GPTConfig, GPTModel, generate
 from llm_companion.attention import causal_mask
 from llm_companion.config import ConfigError
 from llm_companion.convert import model_from_hf_state_dict
@@ -176,31 +176,32 @@ def test_same_seed_same_init():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-def test_transposed_head_is_cached_until_the_weight_changes():
+@pytest.mark.parametrize("n_out", [6, 7, 50257])
+@pytest.mark.parametrize("bias", [True, False])
+def test_row_split_linear_equals_the_layer_for_one_row(n_out, bias):
+    from llm_companion.kernels import linear
+
     torch.manual_seed(0)
-    model = GPTModel(ODD).eval()
-    head = model.transposed_head()
-    assert head.shape == (ODD.emb_dim, ODD.vocab_size) and head.is_contiguous()
-    assert torch.equal(head, model.out_head.weight.t())
-    assert model.transposed_head() is head                    # made once
+    layer = torch.nn.Linear(48, n_out, bias=bias)
+    x = torch.randn(1, 1, 48)
     with torch.no_grad():
-        model.tok_emb.weight.add_(1.0)                        # tied: the head changed in place
-    fresh = model.transposed_head()
-    assert fresh is not head and torch.equal(fresh, model.out_head.weight.t())
+        fast = linear(x, layer)
+    assert fast.shape == (1, 1, n_out)
+    assert torch.allclose(fast, layer(x), atol=1e-5)
+    rows = torch.randn(2, 3, 48)  # several rows, or autograd on: the plain layer runs
+    assert torch.equal(linear(rows, layer), layer(rows))
+    assert linear(x, layer).requires_grad
 
 
-def test_transposed_head_gives_the_same_logits_and_skips_other_heads():
+def test_decoding_with_the_row_split_kernel_equals_plain_layers(monkeypatch):
+    import llm_companion.kernels as kernels
+
     torch.manual_seed(0)
     model = GPTModel(ODD).eval()
-    x = torch.randint(0, ODD.vocab_size, (2, 9))
-    with torch.no_grad():
-        plain = model(x, model.new_cache(2), last_only=True)
-        cache = model.new_cache(2)
-        cache.head = model.transposed_head()
-        fast = model(x, cache, last_only=True)
-    assert torch.allclose(plain, fast, atol=1e-5)
-    model.out_head = torch.nn.Linear(ODD.emb_dim, 2)          # e.g. a classifier head with a bias
-    assert model.transposed_head() is None
+    x = torch.randint(0, ODD.vocab_size, (1, 9))
+    fast = generate(model, x, 20)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the kernel falls back to layer(x)
+    assert torch.equal(generate(model, x, 20), fast)
 
 
 def test_plot_attention_draws_one_panel_per_matrix():
