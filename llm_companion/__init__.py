@@ -11,7 +11,7 @@ from .config import GPTConfig
 from .dataset import GPTDataset, create_dataloader
 from .embeddings import GPTEmbedding
 from .generation import generate, generate_stream
-from .gpt2 import WeightsInfo, load_pretrained
+from .weights import WeightsInfo, WeightsUnavailable, load_pretrained
 from .instruct import InstructionCollator, InstructionDataset, format_prompt, load_instruction_data
 from .losses import calc_loss_batch, calc_loss_loader, perplexity
 from .model import GPTModel
@@ -36,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "UnknownTokenError",
     "WeightsInfo",
+    "WeightsUnavailable",
     "build_vocab",
     "calc_loss_batch",
     "calc_loss_loader",

@@ -12,9 +12,10 @@ from llm_companion import artifacts
 from llm_companion.artifacts import IntegrityError
 from llm_companion.checkpoint import CheckpointError, CheckpointMismatch, save_model
 from llm_companion.config import GPTConfig
-from llm_companion.gpt2 import (MissingCheckpointFile, TensorFlowMissing, WeightsUnavailable, config_from_hparams,
-                                export_tf_checkpoint, from_safetensors, from_tf_checkpoint, hf_name,
-                                load_pretrained, load_tf_checkpoint, load_weights_into_gpt, openai_name, weight_map)
+from llm_companion.gpt2 import (MissingCheckpointFile, TensorFlowMissing, config_from_hparams, export_tf_checkpoint,
+                                from_safetensors, from_tf_checkpoint, hf_name, load_tf_checkpoint,
+                                load_weights_into_gpt, openai_name, weight_map)
+from llm_companion.weights import WeightsUnavailable, load_pretrained
 from llm_companion.model import GPTModel
 
 from transformers import GPT2Config, GPT2LMHeadModel
