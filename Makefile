@@ -14,7 +14,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: book test install data chromium unit notebooks clean help
+.PHONY: book test install data chromium graphviz unit notebooks clean help
 
 help:
 	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
@@ -38,7 +38,13 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Debian's chromium (sudo apt-get install chromium) for the browser test"; exit 1; fi; }
 
-book: data
+# Debian's graphviz draws the concept diagrams at build time (sphinx.ext.graphviz).
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
+	  else echo "Install Debian's graphviz (sudo apt-get install graphviz) to draw the book's diagrams"; exit 1; fi; }
+
+book: data graphviz
 	$(VENV)/bin/jupyter-book build . -W
 
 unit: data chromium
