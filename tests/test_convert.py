@@ -1,34 +1,12 @@
-"""Hugging Face GPT-2 → GPTModel conversion; ``hf_gpt2`` also serves the parity tests of other files."""
+"""Hugging Face GPT-2 → GPTModel conversion."""
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from conftest import ODD, hf_gpt2
+from transformers import GPT2Config
 
 from llm_companion import GPTConfig, GPTModel
 from llm_companion.convert import (ConversionError, config_from_hf, config_from_state_dict, load_converted,
                                    merge_qkv, model_from_hf_state_dict, split_qkv, state_dict_from_hf)
-
-ODD = GPTConfig(vocab_size=101, context_length=77, emb_dim=192, n_heads=6, n_layers=3)
-
-
-def hf_config(cfg: GPTConfig, attn: str = "eager") -> GPT2Config:
-    return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length, n_embd=cfg.emb_dim,
-                      n_layer=cfg.n_layers, n_head=cfg.n_heads, layer_norm_epsilon=cfg.ln_eps,
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=cfg.tie_weights,
-                      bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1,
-                      attn_implementation=attn)
-
-
-def hf_gpt2(cfg: GPTConfig, seed: int = 0, attn: str = "eager") -> GPT2LMHeadModel:
-    """A HF GPT-2 with random weights, LayerNorm gains and biases (so no parameter is trivially 0 or 1)."""
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(hf_config(cfg, attn)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.05 * torch.randn_like(p))
-    return model
 
 
 def test_config_from_hf_reads_gpt2_fields():

@@ -1,7 +1,7 @@
 """Generation: greedy parity with Hugging Face, KV cache vs no cache, sampling filters, errors, context window."""
 import pytest
 import torch
-from test_convert import ODD, hf_gpt2
+from conftest import ODD, hf_gpt2
 
 from llm_companion import GPTModel, generate, generate_stream
 from llm_companion.convert import model_from_hf_state_dict

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_convert import ODD, hf_config, hf_gpt2
+from conftest import ODD, hf_config, hf_gpt2
 from transformers import GPT2LMHeadModel
 
 from llm_companion import GPTConfig, GPTModel, generate
