@@ -13,6 +13,7 @@ from .embeddings import GPTEmbedding
 from .generation import generate, generate_stream
 from .weights import WeightsInfo, WeightsUnavailable, load_pretrained
 from .instruct import InstructionCollator, InstructionDataset, format_prompt, load_instruction_data
+from .lora import apply_lora, load_lora, merge_lora, save_lora
 from .losses import calc_loss_batch, calc_loss_loader, perplexity
 from .model import GPTModel
 from .pretrain import ensure_standin
@@ -37,6 +38,7 @@ __all__ = [
     "UnknownTokenError",
     "WeightsInfo",
     "WeightsUnavailable",
+    "apply_lora",
     "build_vocab",
     "calc_loss_batch",
     "calc_loss_loader",
@@ -52,13 +54,16 @@ __all__ = [
     "load_classifier",
     "load_checkpoint",
     "load_instruction_data",
+    "load_lora",
     "load_model",
     "load_pretrained",
+    "merge_lora",
     "perplexity",
     "plot_losses",
     "save_assistant",
     "save_checkpoint",
     "save_classifier",
+    "save_lora",
     "save_model",
     "train",
 ]
