@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .atomic import atomic_file, copy_file
 from .progress import progress
 
 MIRROR_ENV = "LLM_COMPANION_MIRROR"
@@ -186,7 +186,8 @@ def mirror_dirs() -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------- checking
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (a multi-GB checkpoint never sits in memory)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -244,23 +245,11 @@ def _from_mirror(artifact: Artifact, dest: Path, tried: list[str]) -> bool:
             except IntegrityError as e:
                 tried.append(f"mirror {cand}: {e}")
                 continue
-            _atomic_copy(cand, dest)
+            copy_file(cand, dest)
             return True
     if not mirror_dirs():
         tried.append(f"mirror: {MIRROR_ENV} not set (or not a directory)")
     return False
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def download(url: str, dest: Path, *, desc: str | None = None, timeout: float = 30.0) -> Path:
@@ -318,10 +307,8 @@ def _from_urls(artifact: Artifact, dest: Path, tried: list[str]) -> bool:
 
 def _extract_member(archive: Path, member: str, dest: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as out, zf.open(member) as src:
+        with atomic_file(dest) as tmp, open(tmp, "wb") as out, zf.open(member) as src:
             shutil.copyfileobj(src, out)
-        os.replace(tmp, dest)
 
 
 # --------------------------------------------------------------------------------------------- public API

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .instruct import encode, format_prompt, prompt_style
+from .instruct import format_prompt, prompt_style
+from .tokenizer import encode_text
 
 ASSISTANT_FILE = "assistant.json"   # beside checkpoint.save_model's model.safetensors + config.json
 TOKENIZERS = ("gpt2",)
@@ -110,7 +111,7 @@ def stream_reply(model: nn.Module, tokenizer, message: str, *, style: str = "alp
 
     st = prompt_style(style)
     device = next(model.parameters()).device
-    idx = torch.tensor([encode(tokenizer, format_prompt(message, st))], device=device)   # (1, T)
+    idx = torch.tensor([encode_text(tokenizer, format_prompt(message, st))], device=device)   # (1, T)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     tokens = generate_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                              eos_id=getattr(tokenizer, "eot_token", None), generator=gen)

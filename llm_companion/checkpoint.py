@@ -16,23 +16,22 @@ finished models such as the stand-in.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .artifacts import sha256_of
+from .atomic import atomic_dir, file_mode, fsync_dir, publish_dir  # noqa: F401 (publish_dir: old import path)
 from .config import GPTConfig
 
 SUMS = "SHA256SUMS"
@@ -48,75 +47,18 @@ class CheckpointMismatch(CheckpointError):
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not possible on every platform (Windows)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def _seal(tmp_dir: Path) -> None:
     """Write SHA256SUMS for every file in ``tmp_dir``, give them the usual permissions, flush to disk."""
-    umask = _umask()
     sums = []
     for f in sorted(tmp_dir.iterdir()):
         if f.is_file() and f.name != SUMS:
-            os.chmod(f, 0o666 & ~umask)
+            os.chmod(f, file_mode())
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-            sums.append(f"{_sha256(f)}  {f.name}\n")
+            sums.append(f"{sha256_of(f)}  {f.name}\n")
     (tmp_dir / SUMS).write_text("".join(sums))
-    os.chmod(tmp_dir / SUMS, 0o666 & ~umask)
-    _fsync_dir(tmp_dir)
-
-
-def publish_dir(tmp_dir: Path, final: Path) -> Path:
-    """Move a completed ``tmp_dir`` to ``final`` atomically, replacing an existing directory."""
-    tmp_dir, final = Path(tmp_dir), Path(final)
-    os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a published folder is not
-    if final.exists():  # a directory cannot be os.replace'd onto a non-empty one: move the old aside first
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp_dir, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final)
-    _fsync_dir(final.parent)
-    return final
+    os.chmod(tmp_dir / SUMS, file_mode())
+    fsync_dir(tmp_dir)
 
 
 def verify_dir(path: Path) -> None:
@@ -130,7 +72,7 @@ def verify_dir(path: Path) -> None:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f} is missing; the checkpoint is incomplete, delete {path}")
-        if _sha256(f) != digest:
+        if sha256_of(f) != digest:
             raise CheckpointError(f"{f} is truncated or corrupted (sha256 mismatch); delete {path} "
                                   f"and resume from an earlier checkpoint")
 
@@ -178,9 +120,7 @@ def _load_weights(model: nn.Module, file: Path) -> None:
 def save_model(model: nn.Module, directory: str | os.PathLike, *, extra: dict[str, dict] | None = None) -> Path:
     """Save weights (``model.safetensors``) and ``config.json`` (+ any ``extra`` JSON files) atomically."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         save_weights(model, tmp / "model.safetensors")
         cfg = getattr(model, "cfg", None)
         if isinstance(cfg, GPTConfig):
@@ -188,10 +128,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, extra: dict[st
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True))
         _seal(tmp)
-        return publish_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return directory
 
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -252,8 +189,7 @@ def save_checkpoint(directory: str | os.PathLike, *, model: nn.Module, optimizer
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.tmp-", dir=directory))
-    try:
+    with atomic_dir(final) as tmp:
         save_weights(model, tmp / "model.safetensors")
         opt = {}
         if optimizer is not None:
@@ -266,10 +202,6 @@ def save_checkpoint(directory: str | os.PathLike, *, model: nn.Module, optimizer
                 "state": state or {}}
         (tmp / "state.json").write_text(json.dumps(meta))
         _seal(tmp)
-        publish_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

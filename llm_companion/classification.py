@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from .artifacts import models_dir, project_home
 from .config import GPTConfig
 from .model import GPTModel
-from .training import evaluate
+from .tokenizer import encode_text
+from .training import evaluate, evaluating
 
 PAD_TOKEN_ID = 50256          # GPT-2's <|endoftext|>, used for padding as in the reference book
 POOLINGS = ("last_real", "last", "first")
@@ -73,18 +74,11 @@ def pad_sequences(encoded: Sequence[Sequence[int]], max_length: int | None = Non
 def _encode_all(texts: Iterable[str], tokenizer) -> list[list[int]]:
     encoded = []
     for i, text in enumerate(texts):
-        ids = _encode(tokenizer, text)
+        ids = encode_text(tokenizer, text)  # "<|endoftext|>" typed in a message is text, never the pad id
         if not ids:
             raise EmptyInputError(f"text {i} encodes to no tokens; remove empty messages before encoding")
         encoded.append(ids)
     return encoded
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    try:  # tiktoken: treat "<|endoftext|>" typed in a message as plain text, never as the pad id
-        return tokenizer.encode(text, disallowed_special=())
-    except TypeError:  # a tokenizer without tiktoken's keyword (e.g. the teaching SimpleTokenizer)
-        return tokenizer.encode(text)
 
 
 class ClassificationDataset(Dataset):
@@ -249,17 +243,13 @@ def predict_loader(loader, model: nn.Module, num_batches: int | None = None,
                    device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted and true labels over the first ``num_batches`` batches (all when None), on the CPU."""
     device = device if device is not None else _device_of(model)
-    was_training = model.training
-    model.eval()
     preds, trues = [], []
-    try:
+    with evaluating(model):
         for i, (input_ids, labels) in enumerate(loader):
             if num_batches is not None and i >= num_batches:
                 break
             preds.append(model(input_ids.to(device)).argmax(dim=-1).cpu())
             trues.append(labels.cpu())
-    finally:
-        model.train(was_training)
     if not preds:
         return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
     return torch.cat(preds), torch.cat(trues)
@@ -438,12 +428,8 @@ def classify(text: str, model: GPTClassifier | None = None, *, model_dir: str | 
         tokenizer = gpt2_tokenizer()
     max_length = model.max_length or model.gpt.cfg.context_length
     input_ids, _ = encode_texts([text], tokenizer, min(max_length, model.gpt.cfg.context_length), model.pad_token_id)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         probs = torch.softmax(model(input_ids.to(_device_of(model))).float(), dim=-1)[0]   # (classes,)
-    finally:
-        model.train(was_training)
     k = int(probs.argmax())
     return model.labels[k], float(probs[k])
 

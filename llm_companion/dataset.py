@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .tokenizer import ENDOFTEXT
+from .tokenizer import encode_text
 
 
 class DatasetError(ValueError):
@@ -28,12 +28,7 @@ def _token_ids(text_or_token_ids, tokenizer) -> torch.Tensor:
             from .tokenizer import gpt2_tokenizer
 
             tokenizer = gpt2_tokenizer()
-        import tiktoken
-
-        if isinstance(tokenizer, tiktoken.Encoding):  # tiktoken refuses special tokens unless allowed
-            ids = tokenizer.encode(text_or_token_ids, allowed_special={ENDOFTEXT})
-        else:
-            ids = tokenizer.encode(text_or_token_ids)
+        ids = encode_text(tokenizer, text_or_token_ids, endoftext_is_special=True)  # a corpus joined with it
         return torch.tensor(ids, dtype=torch.long)
     return torch.as_tensor(text_or_token_ids, dtype=torch.long).flatten()
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .training import evaluating
+
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if temperature < 0:
@@ -54,9 +56,7 @@ def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, te
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must be a non-empty (batch, tokens) tensor of ids, got shape {tuple(idx.shape)}")
     ctx = model.cfg.context_length
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         seq = idx[:, -ctx:]
         cache = model.new_cache(seq.shape[0]) if use_cache else None
         logits = model(seq, cache, last_only=True)[:, -1]
@@ -81,8 +81,6 @@ def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, te
                 logits = model(tok, cache, last_only=True)[:, -1]
             else:
                 logits = model(seq, last_only=True)[:, -1]
-    finally:
-        model.train(was_training)
 
 
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 
 from .artifacts import GPT2_CHECKPOINT_FILES, fetch, get_artifact
-from .checkpoint import CheckpointError, CheckpointMismatch, publish_dir
+from .atomic import atomic_dir, temp_dir_beside  # noqa: F401 (temp_dir_beside: old import path)
+from .checkpoint import CheckpointError, CheckpointMismatch
 from .config import GPTConfig
 from .convert import (BLOCK_RENAMES as _HF_RENAMES, TOP_RENAMES as _HF_TOP, config_from_hf,  # the one naming table
                       config_from_state_dict, load_converted, model_from_hf_state_dict)
@@ -227,18 +227,9 @@ def export_tf_checkpoint(model: GPTModel, folder: str | os.PathLike, *, tokenize
     if not model.cfg.tie_weights and not torch.equal(model.out_head.weight, model.tok_emb.weight):
         raise CheckpointMismatch("OpenAI's layout has no separate output head, but this model's out_head differs "
                                  "from tok_emb; only tied models (cfg.tie_weights=True) can be exported")
-    tmp = temp_dir_beside(Path(folder))
-    try:
+    with atomic_dir(folder) as tmp:
         write_tf_checkpoint(model, tmp, tokenizer_files=tokenizer_files)
-        return publish_dir(tmp, Path(folder))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def temp_dir_beside(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    return Path(folder)
 
 
 def write_tf_checkpoint(model: GPTModel, folder: Path, *, tokenizer_files: bool) -> None:

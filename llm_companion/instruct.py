@@ -29,9 +29,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .atomic import write_json
 from .losses import IGNORE_INDEX  # targets equal to it add nothing to the loss
 from .progress import progress
 from .tokenizer import GPT2_EOT_ID as EOT_ID  # <|endoftext|>: ends every answer, and pads
+from .tokenizer import encode_text
 
 RESPONSES_FILE = "instruction-data-with-response.json"
 
@@ -203,15 +205,6 @@ def extract_response(text: str, prompt: str | None = None, style: str | PromptSt
     return text[:cut].strip()
 
 
-# --------------------------------------------------------------------------------------------- tokens
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text``; ``<|endoftext|>`` typed by a user is ordinary text, not the special token."""
-    try:
-        return tokenizer.encode(text, disallowed_special=())
-    except TypeError:  # a tokenizer without tiktoken's special-token options
-        return tokenizer.encode(text)
-
-
 class Example(NamedTuple):
     """One tokenized example: ``ids`` = prompt tokens + answer tokens; the first ``prompt_len`` are prompt."""
 
@@ -231,8 +224,8 @@ class InstructionDataset(Dataset):
         self.style = prompt_style(style)
         self.examples: list[Example] = []
         for rec in self.records:
-            prompt = encode(tokenizer, format_prompt(rec, self.style))
-            answer = encode(tokenizer, rec["output"])
+            prompt = encode_text(tokenizer, format_prompt(rec, self.style))
+            answer = encode_text(tokenizer, rec["output"])
             self.examples.append(Example(prompt + answer, len(prompt)))
 
     def __len__(self) -> int:
@@ -337,7 +330,7 @@ def generate_responses(model: nn.Module, records: Sequence[dict], tokenizer, *, 
     eot = _eot_id(tokenizer)
     answers = []
     for rec in progress(records, desc=desc, unit="example", disable=len(records) < 2):
-        prompt_ids = encode(tokenizer, format_prompt(rec, style))
+        prompt_ids = encode_text(tokenizer, format_prompt(rec, style))
         idx = torch.tensor([prompt_ids], device=device)                      # (1, T)
         out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=eot,
                        generator=gen)
@@ -359,11 +352,8 @@ def save_responses(records: Sequence[dict], path: str | os.PathLike | None = Non
         from .artifacts import data_dir
 
         path = data_dir() / RESPONSES_FILE
-    from .checkpoint import write_json_atomic
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, list(records))
+    write_json(path, list(records))
     return path
 
 

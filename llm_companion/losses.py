@@ -28,30 +28,17 @@ def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model
     return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten(), ignore_index=IGNORE_INDEX)
 
 
-@torch.no_grad()
 def calc_loss_loader(loader, model: nn.Module, num_batches: int | None = None,
                      device: torch.device | str | None = None) -> float:
-    """Average of :func:`calc_loss_batch` over the first ``num_batches`` batches (all when None).
+    """Average of :func:`calc_loss_batch` over the first ``num_batches`` batches (all when None), in eval mode.
 
     Returns ``nan`` for an empty loader, so an empty validation split shows up instead of crashing.
-    Each batch counts equally (as in the reference book), not each token.
+    Each batch counts equally (as in the reference book), not each token. Chapter 4's name for the
+    training loop's :func:`~llm_companion.training.evaluate` with its default loss, which does the work.
     """
-    if device is None:
-        device = next(model.parameters()).device
-    n = len(loader) if num_batches is None else min(num_batches, len(loader))
-    if n == 0:
-        return float("nan")
-    was_training = model.training
-    model.eval()
-    try:
-        total = 0.0
-        for i, (inp, tgt) in enumerate(loader):
-            if i >= n:
-                break
-            total += calc_loss_batch(inp, tgt, model, device).item()
-    finally:
-        model.train(was_training)
-    return total / n
+    from .training import evaluate  # training builds on this module; import at call time
+
+    return evaluate(model, loader, num_batches=num_batches, device=device)
 
 
 def perplexity(loss: float | torch.Tensor) -> float:

@@ -26,6 +26,7 @@ from . import distributed
 from .artifacts import fetch, models_dir
 from .checkpoint import CheckpointError, load_model, save_model, verify_dir
 from .config import GPTConfig
+from .tokenizer import encode_text
 from .training import TrainConfig, train
 
 # The stand-in: GPT-2 shaped (GPT-2 vocabulary, tied weights, qkv bias) so the GPT-2 loaders and tokenizer
@@ -75,7 +76,7 @@ def token_splits(texts: list[str], tokenizer, val_fraction: float) -> tuple[torc
     train_ids: list[int] = []
     val_ids: list[int] = []
     for text in texts:
-        ids = tokenizer.encode(text, disallowed_special=())
+        ids = encode_text(tokenizer, text)  # the sources are joined with the real token below
         cut = int(len(ids) * (1 - val_fraction))
         train_ids += ids[:cut] + [eot]
         val_ids += ids[cut:] + [eot]

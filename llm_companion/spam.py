@@ -7,12 +7,12 @@ The UCI file holds one message per line, ``label<TAB>text``, with no header and 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from .artifacts import data_dir, fetch
+from .atomic import atomic_file
 
 LABELS: tuple[str, ...] = ("ham", "spam")     # class index = position in this tuple
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -78,16 +78,8 @@ def split(df: pd.DataFrame, fractions: tuple[float, float] = (0.7, 0.1), *, seed
 
 
 def _write_csv_atomic(df: pd.DataFrame, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(dest) as tmp:
         df.to_csv(tmp, index=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def prepare_splits(out_dir: str | os.PathLike | None = None, *, seed: int = SEED,

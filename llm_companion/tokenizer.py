@@ -115,6 +115,22 @@ class SimpleTokenizer:
         return _DETACH_RE.sub(r"\1", text)
 
 
+def encode_text(tokenizer, text: str, *, endoftext_is_special: bool = False) -> list[int]:
+    """Token ids of ``text`` with any tokenizer the library uses, with one rule for ``<|endoftext|>``.
+
+    tiktoken refuses a text containing ``<|endoftext|>`` unless told what it is. By default it is ordinary
+    text: a message or answer that happens to contain the string gets its characters' tokens, never the
+    end-of-text id that pads batches and stops generation. ``endoftext_is_special=True`` makes it the special
+    token, for corpora joined with it on purpose (Chapter 1's two documents, a pretraining text). Tokenizers
+    without tiktoken's options (the teaching :class:`SimpleTokenizer`) are called as ``encode(text)``.
+    """
+    if not isinstance(tokenizer, tiktoken.Encoding):
+        return tokenizer.encode(text)
+    if endoftext_is_special:
+        return tokenizer.encode(text, allowed_special={ENDOFTEXT})
+    return tokenizer.encode(text, disallowed_special=())
+
+
 @functools.lru_cache(maxsize=1)
 def gpt2_tokenizer() -> tiktoken.Encoding:
     """GPT-2's byte-pair encoding, identical to ``tiktoken.get_encoding("gpt2")`` (50,257 tokens).

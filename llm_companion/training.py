@@ -24,7 +24,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,20 @@ def _due(every: int | None, step: int, epoch_ended: bool) -> bool:
     return epoch_ended if every == 0 else step % every == 0
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode (no dropout) for the block, then restore the mode it had.
+
+    Only the mode: gradients are the caller's choice (``torch.no_grad()``/``inference_mode()``).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, loss_fn: Callable | None = None, num_batches: int | None = None, *,
              device: torch.device | str | None = None, bf16: bool = False) -> float:
@@ -231,18 +245,14 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable | None = None, num_batc
     """
     loss_fn = loss_fn or default_loss
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, n = 0.0, 0
-    try:
+    with evaluating(model):
         for i, batch in enumerate(loader):
             if num_batches is not None and i >= num_batches:
                 break
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 total += float(loss_fn(model, to_device(batch, device)))
             n += 1
-    finally:
-        model.train(was_training)
     mean = total / n if n else float("nan")
     return distributed.all_reduce_mean(mean)
 
@@ -314,12 +324,8 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
         history.lr.append(lr)
         history.wall_time.append(elapsed0 + time.perf_counter() - start)
         if eval_fn is not None:
-            model.eval()  # metrics see the model as it predicts: no dropout, no gradients
-            try:
-                with torch.no_grad():
-                    extra = eval_fn(model)
-            finally:
-                model.train()
+            with evaluating(model), torch.no_grad():  # metrics see the model as it predicts
+                extra = eval_fn(model)
             for k, v in extra.items():
                 history.metrics.setdefault(k, []).append(float(v))
         if main and cfg.verbose:

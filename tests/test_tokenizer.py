@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from llm_companion.artifacts import fetch, get_artifact
 from llm_companion.tokenizer import (
     ENDOFTEXT,
+    GPT2_EOT_ID,
     UNK,
     SimpleTokenizer,
     UnknownTokenError,
     build_vocab,
+    encode_text,
     gpt2_tokenizer,
     split_text,
 )
@@ -147,3 +149,12 @@ def test_simple_tokenizer_round_trip(words):
     # every known token maps to itself, every other word to <|unk|>
     assert [tok.int_to_str[i] for i in ids] == [w if w in _WORDS else UNK for w in words]
     assert tok.encode(tok.decode(ids)) == ids
+
+
+def test_encode_text_has_one_rule_for_endoftext():
+    enc, text = gpt2_tokenizer(), "a<|endoftext|>b"
+    as_text = encode_text(enc, text)
+    assert GPT2_EOT_ID not in as_text and enc.decode(as_text) == text  # typed by a user: ordinary characters
+    assert encode_text(enc, text, endoftext_is_special=True) == enc.encode("a") + [GPT2_EOT_ID] + enc.encode("b")
+    teaching = SimpleTokenizer.from_text(text)
+    assert encode_text(teaching, text) == teaching.encode(text)  # no tiktoken options: called plainly

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from llm_companion import GPTConfig, GPTModel
 from llm_companion.checkpoint import list_checkpoints, load_model
 from llm_companion.dataset import GPTDataset
-from llm_companion.training import (History, TrainConfig, TrainingError, lr_at, make_optimizer, plot_losses,
-                                    total_steps, train)
+from llm_companion.training import (History, TrainConfig, TrainingError, evaluating, lr_at, make_optimizer,
+                                    plot_losses, total_steps, train)
 
 V = 61
 
@@ -54,6 +54,21 @@ def test_training_lowers_the_loss_and_records_history():
     assert [s["text"] for s in h.samples] == ["first", "second", "third"]
     assert not model.training  # train() leaves the model in eval mode
     assert "3 epochs" not in repr(h) and "val loss" in repr(h)
+
+
+def test_evaluating_switches_to_eval_mode_and_restores_the_previous_mode_even_after_an_error():
+    model = _model(drop_rate=0.5).train()
+    x = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    with evaluating(model):
+        assert not model.training and not model.blocks[0].training
+        assert torch.equal(model(x), model(x))  # dropout is off
+    assert model.training and model.blocks[0].training
+    with pytest.raises(ZeroDivisionError), evaluating(model):
+        1 / 0
+    assert model.training
+    with evaluating(model.eval()):
+        pass
+    assert not model.training  # a model that was in eval mode stays there
 
 
 def test_max_steps_wins_over_epochs_and_eval_every_counts_steps():
