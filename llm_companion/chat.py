@@ -170,7 +170,8 @@ def _marker_prefix_len(text: str, markers: tuple[str, ...]) -> int:
 # --------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, metavar="PATH",
-                   help="directory written by save_assistant (default: models/assistant)")
+                   help="directory written by save_assistant (default: models/assistant), or 'smollm2' for "
+                        "SmolLM2-135M-Instruct with its chat template (chapter 8)")
     p.add_argument("--once", metavar="QUESTION", help="answer one question and exit")
     p.add_argument("--max-new-tokens", type=int, default=200, help="longest answer in tokens (default 200)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.7 to sample")
@@ -193,6 +194,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be at least 1")
+    if args.model is not None and str(args.model).lower() in ("smollm2", "smollm2-135m-instruct"):
+        from .smollm2 import chat_main
+
+        return chat_main(args)
     model, meta = load_assistant(args.model, device=args.device or default_device())
     tokenizer = tokenizer_for(meta)
     style = meta.get("prompt_style", "alpaca")

@@ -15,6 +15,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("pretrain", "llm_companion.pretrain", "pretrain a GPT on text (or the stand-in with --standin); torchrun-ready"),
     ("classify", "llm_companion.classification", "classify a message with the saved spam classifier (chapter 6)"),
     ("chat", "llm_companion.chat", "chat with the instruction-tuned assistant (chapter 7)"),
+    ("generate", "llm_companion.generate_cli", "continue a prompt with SmolLM2, a GGUF or a saved GPT (chapter 8)"),
 ]
 
 

