@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
-from .kernels import linear
+from .kernels import RowSplitLinear  # an nn.Linear with a faster one-row CPU path for decoding
 
 
 class KVCache:
@@ -47,8 +47,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.layer_idx = layer_idx
-        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)  # fused W_q | W_k | W_v
-        self.proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.qkv = RowSplitLinear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)  # fused W_q | W_k | W_v
+        self.proj = RowSplitLinear(cfg.emb_dim, cfg.emb_dim)
         self.attn_dropout = nn.Dropout(cfg.drop_rate)
         self.drop_p = cfg.drop_rate
         self.scale = 1.0 / math.sqrt(self.head_dim)
@@ -68,7 +68,7 @@ class MultiHeadAttention(nn.Module):
             q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])        # (B, 1, C)
             k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
         else:
-            q, k, v = linear(x, self.qkv).split(C, dim=2)                      # 3 × (B, T, C)
+            q, k, v = self.qkv(x).split(C, dim=2)                              # 3 × (B, T, C)
         Tq = q.shape[1]
         q = q.view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)          # (B, H, Tq, hd)
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)           # (B, H, T, hd)
@@ -96,7 +96,7 @@ class MultiHeadAttention(nn.Module):
             out = self.attn_dropout(weights) @ v                               # (B, H, Tq, hd)
 
         out = out.transpose(1, 2).reshape(B, Tq, C)                            # (B, Tq, C)
-        out = linear(out, self.proj)
+        out = self.proj(out)
         return (out, weights) if return_weights else out
 
 

@@ -1,10 +1,14 @@
-"""A faster matrix-vector product for CPU decoding.
+"""A faster matrix-vector product for CPU decoding, as a drop-in ``nn.Linear``.
 
 Decoding one token multiplies a single row of activations by every weight matrix: the work is streaming the
 weights from memory. For one row, PyTorch's CPU matmul streams a weight on one core (measured here: the same
 ~20 GB/s with 1 or 2 threads). Splitting the weight's rows into two halves and multiplying both halves in one
 ``bmm`` gives each core half to stream: about 40 GB/s on the book's 2-core machine, without copying any weight
 (the halves are views).
+
+:class:`RowSplitLinear` is an ``nn.Linear`` (same parameters, same state-dict keys, same results) whose
+``forward`` takes that path when it pays and ``F.linear`` otherwise, so the model code that uses it reads
+``self.qkv(x)`` like any other layer. :func:`row_split_linear` is the kernel itself.
 """
 from __future__ import annotations
 
@@ -13,26 +17,49 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """``layer(x)``; for a single row on a CPU, without autograd, through the row-split product above.
-
-    Anything else (batches of rows, training, accelerators, bf16, wrapped layers such as LoRA adapters,
-    one thread) is plain ``layer(x)``.
-    """
-    if (type(layer) is not nn.Linear or x.device.type != "cpu" or torch.is_grad_enabled()
-            or x.numel() != x.shape[-1] or torch.get_num_threads() < 2):
-        return layer(x)
-    w, b = layer.weight, layer.bias
-    if not w.is_contiguous() or w.dtype != torch.float32 or x.dtype != torch.float32:
-        return layer(x)  # bf16 already has a fast one-row path (measured: the split is slower there)
-    n_out, n_in = w.shape
+def row_split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for a single row ``x`` (..., n_in) with ``numel == n_in``, as one ``bmm``
+    over the two halves of ``weight``'s rows. Always takes the split path (see :func:`use_row_split`)."""
+    n_out, n_in = weight.shape
     half = n_out // 2
     # (2, n_in, 1) as the transpose of a row: with this (column-major) stride the CPU BLAS takes a path
     # about 4x faster than with the row-major (n_in, 1) view of the same numbers (measured)
     v = x.reshape(1, n_in).t().expand(2, n_in, 1)
-    y = torch.bmm(w[: 2 * half].view(2, half, n_in), v).reshape(1, 2 * half)   # (1, 2·half)
+    y = torch.bmm(weight[: 2 * half].view(2, half, n_in), v).reshape(1, 2 * half)   # (1, 2·half)
     if n_out % 2:  # an odd row count (GPT-2's 50,257-token head): the last row on its own
-        y = torch.cat([y, F.linear(x.reshape(1, n_in), w[-1:])], dim=1)
-    if b is not None:
-        y = y + b
+        y = torch.cat([y, F.linear(x.reshape(1, n_in), weight[-1:])], dim=1)
+    if bias is not None:
+        y = y + bias
     return y.reshape(*x.shape[:-1], n_out)
+
+
+def use_row_split(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`row_split_linear` is the faster way to apply ``weight`` to ``x``.
+
+    Only for one row of fp32 on a CPU with two or more threads and autograd off: batches of rows already
+    use every core, training needs the plain op's backward, and bf16 has its own fast one-row path
+    (measured: the split is slower there).
+    """
+    return (x.device.type == "cpu" and not torch.is_grad_enabled() and x.numel() == x.shape[-1]
+            and x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.is_contiguous()
+            and torch.get_num_threads() >= 2)
+
+
+class RowSplitLinear(nn.Linear):
+    """``nn.Linear`` that multiplies a single decoding row by the row-split kernel on a multi-core CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_row_split(x, self.weight):
+            return row_split_linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """``layer(x)``, through the row-split kernel when ``layer`` is a plain ``nn.Linear`` and it pays.
+
+    For models built from plain ``nn.Linear`` layers; a model built from :class:`RowSplitLinear` just calls
+    its layers. Wrapped layers (LoRA adapters, other subclasses) run their own ``forward``.
+    """
+    if type(layer) is nn.Linear and use_row_split(x, layer.weight):
+        return row_split_linear(x, layer.weight, layer.bias)
+    return layer(x)

@@ -8,7 +8,7 @@ from torch import nn
 
 from .attention import KVCache, MultiHeadAttention
 from .config import GPTConfig
-from .kernels import linear
+from .kernels import RowSplitLinear  # an nn.Linear with a faster one-row CPU path for decoding
 
 
 class FeedForward(nn.Module):
@@ -16,12 +16,12 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
+        self.fc = RowSplitLinear(cfg.emb_dim, 4 * cfg.emb_dim)
         self.act = nn.GELU(approximate="tanh")
-        self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+        self.proj = RowSplitLinear(4 * cfg.emb_dim, cfg.emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.act(linear(x, self.fc)), self.proj)
+        return self.proj(self.act(self.fc(x)))                                 # (B, T, C) → (B, T, 4C) → (B, T, C)
 
 
 class TransformerBlock(nn.Module):
@@ -54,7 +54,7 @@ class GPTModel(nn.Module):
         self.drop = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.ln_eps)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = RowSplitLinear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -95,7 +95,7 @@ class GPTModel(nn.Module):
         if cache is not None:
             cache.length += T
         x = self.final_norm(x)                                                  # (B, T or 1, C)
-        return linear(x, self.out_head)                                         # (B, T, V)
+        return self.out_head(x)                                                 # (B, T or 1, V)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache sized for this model, on its device and in its dtype."""

@@ -178,30 +178,61 @@ def test_same_seed_same_init():
 
 @pytest.mark.parametrize("n_out", [6, 7, 50257])
 @pytest.mark.parametrize("bias", [True, False])
-def test_row_split_linear_equals_the_layer_for_one_row(n_out, bias):
-    from llm_companion.kernels import linear
+def test_row_split_kernel_equals_f_linear_for_one_row(n_out, bias):
+    from llm_companion.kernels import row_split_linear
 
     torch.manual_seed(0)
-    layer = torch.nn.Linear(48, n_out, bias=bias)
+    w, b = torch.randn(n_out, 48), (torch.randn(n_out) if bias else None)
     x = torch.randn(1, 1, 48)
     with torch.no_grad():
-        fast = linear(x, layer)
+        fast = row_split_linear(x, w, b)  # the kernel itself, whatever the thread count
     assert fast.shape == (1, 1, n_out)
-    assert torch.allclose(fast, layer(x), atol=1e-5)
-    rows = torch.randn(2, 3, 48)  # several rows, or autograd on: the plain layer runs
-    assert torch.equal(linear(rows, layer), layer(rows))
-    assert linear(x, layer).requires_grad
+    assert torch.allclose(fast, F.linear(x, w, b), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_out", [7, 50257])
+def test_row_split_linear_takes_the_kernel_only_where_it_pays(monkeypatch, n_out):
+    import llm_companion.kernels as kernels
+
+    calls = []
+    kernel = kernels.row_split_linear
+    monkeypatch.setattr(kernels, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the kernel's condition, even on a 1-core runner
+    torch.manual_seed(0)
+    layer = kernels.RowSplitLinear(48, n_out)
+    plain = torch.nn.Linear(48, n_out)
+    plain.load_state_dict(layer.state_dict())  # same keys, same parameters as nn.Linear
+    assert isinstance(layer, torch.nn.Linear)
+    x = torch.randn(1, 1, 48)
+    with torch.no_grad():
+        fast = layer(x)
+        assert calls == [1]
+        assert torch.allclose(fast, plain(x), atol=1e-5)
+        assert torch.allclose(kernels.linear(x, plain), plain(x), atol=1e-5) and calls == [1, 1]
+        rows = torch.randn(2, 3, 48)  # several rows: the plain op, exactly
+        assert torch.equal(layer(rows), plain(rows)) and calls == [1, 1]
+    assert layer(x).requires_grad and calls == [1, 1]  # autograd on: the plain op
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    with torch.no_grad():
+        assert torch.equal(layer(x), plain(x)) and calls == [1, 1]  # one thread: nothing to split over
 
 
 def test_decoding_with_the_row_split_kernel_equals_plain_layers(monkeypatch):
     import llm_companion.kernels as kernels
 
+    calls = []
+    kernel = kernels.row_split_linear
+    monkeypatch.setattr(kernels, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
     torch.manual_seed(0)
     model = GPTModel(ODD).eval()
     x = torch.randint(0, ODD.vocab_size, (1, 9))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # force the kernel path, even on one thread
     fast = generate(model, x, 20)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the kernel falls back to layer(x)
+    assert len(calls) >= 19 * (4 * ODD.n_layers + 1)  # every linear of every one-row decoding step
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the layers fall back to F.linear
+    n = len(calls)
     assert torch.equal(generate(model, x, 20), fast)
+    assert len(calls) == n
 
 
 def test_plot_attention_draws_one_panel_per_matrix():
