@@ -1,19 +1,15 @@
 """Instruction fine-tuning data, prompts, batching, responses and evaluation (llm_companion.instruct)."""
-import http.server
 import json
-import socket
-import threading
 
 import pytest
 import torch
 
 from llm_companion.config import GPTConfig
 from llm_companion.instruct import (EOT_ID, IGNORE_INDEX, Example, InstructionCollator, InstructionDataError,
-                                    InstructionDataset, OllamaUnavailable, extract_response, format_example,
-                                    format_input, format_prompt, generate_responses, instruction_loader,
-                                    judge_responses, load_instruction_data, pad_and_mask, query_ollama,
-                                    response_table, rouge_l, save_responses, split_records, validate_records,
-                                    with_responses)
+                                    InstructionDataset, extract_response, format_example, format_input,
+                                    format_prompt, generate_responses, instruction_loader, load_instruction_data,
+                                    pad_and_mask, response_table, rouge_l, save_responses, split_records,
+                                    validate_records, with_responses)
 from llm_companion.model import GPTModel
 from llm_companion.tokenizer import gpt2_tokenizer
 
@@ -205,58 +201,10 @@ def test_response_table():
     assert df["instruction"][1] == "x" * 9 + "…"
 
 
-# ------------------------------------------------------------------------------------------ Ollama judge
-class _FakeOllama(http.server.BaseHTTPRequestHandler):
-    requests: list = []
+def test_the_judge_names_chapter_7_imported_from_instruct_still_resolve():
+    import llm_companion.instruct as instruct
+    import llm_companion.judge as judge
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, body))
-        if body["model"] == "missing":
-            self.send_response(404)
-            self.end_headers()
-            self.wfile.write(b'{"error":"model \\"missing\\" not found, try pulling it first"}')
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.end_headers()
-        for piece, done in (("Score: 8", False), ("5", True)):  # Ollama streams one JSON object per line
-            self.wfile.write(json.dumps({"message": {"role": "assistant", "content": piece},
-                                         "done": done}).encode() + b"\n")
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture()
-def fake_ollama():
-    server = http.server.HTTPServer(("127.0.0.1", 0), _FakeOllama)
-    _FakeOllama.requests = []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/api/chat"
-    server.shutdown()
-    server.server_close()
-
-
-def test_judge_against_fake_ollama(fake_ollama):
-    recs = with_responses([{"instruction": "Add 2 and 3.", "input": "", "output": "5"}], ["Five."])
-    assert judge_responses(recs, model="tiny", url=fake_ollama) == [85]
-    path, body = _FakeOllama.requests[0]
-    assert path == "/api/chat" and body["model"] == "tiny"
-    assert body["options"]["temperature"] == 0
-    content = body["messages"][0]["content"]
-    assert "`Five.`" in content and "correct output `5`" in content and "Add 2 and 3." in content
-
-
-def test_ollama_http_error_says_pull(fake_ollama):
-    with pytest.raises(OllamaUnavailable, match="ollama pull missing"):
-        query_ollama("hi", model="missing", url=fake_ollama)
-
-
-def test_ollama_unreachable_message():
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(OllamaUnavailable, match=r"no Ollama server reachable at .*optional.*ollama serve"):
-        query_ollama("hi", url=f"http://127.0.0.1:{port}/api/chat", timeout=5)
+    assert instruct.judge_responses is judge.judge_responses and instruct.OllamaUnavailable is judge.OllamaUnavailable
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        instruct.nope  # noqa: B018
