@@ -414,6 +414,40 @@ def load_llama_gguf(path: str | os.PathLike | GGUFContents, dtype: torch.dtype =
     return model.eval()
 
 
+def save_llama_gguf(model: LlamaModel, path: str | os.PathLike, *, matrix_type: str = "Q4_1",
+                    embedding_type: str = "Q8_0", metadata: dict[str, Any] | None = None, name: str = "llama"):
+    """Write ``model`` as a llama.cpp GGUF file (Q and K permuted to llama.cpp's layout, norms in F32).
+
+    ``matrix_type``/``embedding_type`` choose the storage of the linear layers and the embedding (``F32``,
+    ``F16``, ``Q8_0``, ``Q4_1``, ...); ``metadata`` adds keys such as a tokenizer's ``tokenizer.ggml.*``.
+    :func:`load_llama_gguf` reads the file back (exactly, for F32).
+    """
+    from .gguf_file import write_gguf
+
+    cfg = model.cfg
+    meta: dict[str, Any] = {
+        "general.name": name, "llama.block_count": cfg.n_layers, "llama.context_length": cfg.context_length,
+        "llama.embedding_length": cfg.emb_dim, "llama.feed_forward_length": cfg.hidden_dim,
+        "llama.attention.head_count": cfg.n_heads, "llama.attention.head_count_kv": cfg.n_kv_heads,
+        "llama.rope.freq_base": float(cfg.rope_theta), "llama.attention.layer_norm_rms_epsilon": cfg.norm_eps,
+        "llama.rope.dimension_count": cfg.head_dim, "llama.vocab_size": cfg.vocab_size,
+    }
+    meta.update(metadata or {})
+    ours_to_gguf = {ours: theirs for theirs, ours in gguf_name_map(cfg.n_layers).items()}
+    tensors = {}
+    for ours, p in model.state_dict().items():
+        if ours not in ours_to_gguf or (ours == "out_head.weight" and cfg.tie_weights):
+            continue  # RoPE tables are recomputed; a tied head is the embedding
+        w = p.detach().float().cpu()
+        if ours.endswith("attn.q.weight"):
+            w = permute_qk(w, cfg.n_heads)
+        elif ours.endswith("attn.k.weight"):
+            w = permute_qk(w, cfg.n_kv_heads)
+        kind = "F32" if w.dim() == 1 else embedding_type if ours == "tok_emb.weight" else matrix_type
+        tensors[ours_to_gguf[ours]] = (w, kind)
+    return write_gguf(path, "llama", meta, tensors)
+
+
 def weight_bytes_per_token(model: LlamaModel) -> int:
     """Bytes of weights one decoding step reads: every matrix once (the embedding row lookup is negligible)."""
     total = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n != "tok_emb.weight")
