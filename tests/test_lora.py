@@ -294,3 +294,36 @@ def test_classifier_head_can_be_wrapped_on_request():
     clf = apply_lora(make_classifier(), rank=2, alpha=2, targets=["blocks.*", "out_head"])
     assert "gpt.out_head" in lora_layers(clf)
     assert not clf.gpt.out_head.base.weight.requires_grad
+
+
+# --------------------------------------------------------------------------------------------- Llama
+def test_llama_model_wraps_every_projection_merges_and_round_trips(tmp_path):
+    from llm_companion.llama import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(vocab_size=89, context_length=16, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2,
+                      hidden_dim=48)
+    torch.manual_seed(0)
+    base = LlamaModel(cfg).eval()
+    x = tokens(cfg)
+    with torch.no_grad():
+        want = base(x)
+    model = apply_lora(copy.deepcopy(base), rank=3, alpha=6)
+    per_block = {"attn.q", "attn.k", "attn.v", "attn.o", "ffn.gate", "ffn.up", "ffn.down"}
+    assert set(lora_layers(model)) == {f"blocks.{i}.{n}" for i in range(2) for n in per_block} | {"out_head"}
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == \
+        sum(3 * (m.in_features + m.out_features) for m in lora_layers(model).values())
+    with torch.no_grad():
+        assert torch.equal(model(x), want)
+    train_steps(model, lm_loss(x))
+    with torch.no_grad():
+        trained = model(x)
+        torch.testing.assert_close(model(x, last_only=True), trained[:, -1:], atol=1e-5, rtol=0)
+    assert not torch.allclose(trained, want)
+    path = save_lora(model, tmp_path / "llama.safetensors")
+    again = load_lora(copy.deepcopy(base), path).eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), trained)
+    merge_lora(model)
+    assert model.out_head.weight is not model.tok_emb.weight and torch.equal(model.tok_emb.weight, base.tok_emb.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained, atol=1e-5, rtol=0)
