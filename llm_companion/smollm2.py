@@ -51,6 +51,26 @@ def default_system_prompt(source: GGUFContents | GGUFTokenizer | str | None) -> 
     return m.group(1) if m else None
 
 
+def _chat_segments(messages: str | Sequence[dict[str, str]], source,
+                   add_generation_prompt: bool) -> list[tuple[str, bool]]:
+    """The template's pieces in order, each with whether it is a marker (``<|im_start|>``/``<|im_end|>``)."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    turns = [(m["role"], m["content"]) for m in messages]
+    if turns and turns[0][0] != "system":
+        system = default_system_prompt(source)
+        if system is not None:
+            turns.insert(0, ("system", system))
+    pieces = []
+    for role, content in turns:
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"message role must be system, user or assistant, got {role!r}")
+        pieces += [(IM_START, True), (f"{role}\n{content}", False), (IM_END, True), ("\n", False)]
+    if add_generation_prompt:
+        pieces += [(IM_START, True), ("assistant\n", False)]
+    return pieces
+
+
 def chat_prompt(messages: str | Sequence[dict[str, str]], source: GGUFTokenizer | GGUFContents | str | None = None,
                 *, add_generation_prompt: bool = True) -> str:
     """The ChatML text of a conversation (a single user message may be given as a string).
@@ -58,34 +78,19 @@ def chat_prompt(messages: str | Sequence[dict[str, str]], source: GGUFTokenizer 
     ``source`` (the tokenizer, the file's contents or the template text) supplies the default system prompt,
     used when the first message is not a system message — what the model's Jinja template does.
     """
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    parts = []
-    if messages and messages[0]["role"] != "system":
-        system = default_system_prompt(source)
-        if system is not None:
-            parts.append(f"{IM_START}system\n{system}{IM_END}\n")
-    for m in messages:
-        if m["role"] not in ("system", "user", "assistant"):
-            raise ValueError(f"message role must be system, user or assistant, got {m['role']!r}")
-        parts.append(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n")
-    if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
-    return "".join(parts)
+    return "".join(piece for piece, _ in _chat_segments(messages, source, add_generation_prompt))
 
 
-def encode_chat(tokenizer: GGUFTokenizer, messages: str | Sequence[dict[str, str]]) -> list[int]:
+def encode_chat(tokenizer: GGUFTokenizer, messages: str | Sequence[dict[str, str]], *,
+                add_generation_prompt: bool = True) -> list[int]:
     """Token ids of :func:`chat_prompt`; the template's markers are the control tokens, the messages plain text.
 
-    A message that itself contains ``<|im_start|>`` gets that string's ordinary tokens, so a user cannot
-    forge a turn.
+    A message that itself contains ``<|im_end|>`` gets that string's ordinary tokens, so a user cannot
+    close a turn and forge the next one.
     """
     ids: list[int] = []
-    for piece in re.split(f"({re.escape(IM_START)}|{re.escape(IM_END)})", chat_prompt(messages, tokenizer)):
-        if piece in (IM_START, IM_END):
-            ids.append(tokenizer.special_tokens[piece])
-        elif piece:
-            ids += tokenizer.encode(piece)
+    for piece, marker in _chat_segments(messages, tokenizer, add_generation_prompt):
+        ids += [tokenizer.special_tokens[piece]] if marker else tokenizer.encode(piece)
     return ids
 
 

@@ -263,7 +263,8 @@ def gguf_tokenizer(source) -> GGUFTokenizer:
     Where Hugging Face's GGUF tokenizer and the model's own tokenizer disagree we follow the model's
     (llama.cpp and SmolLM2's ``tokenizer.json`` agree with each other): transformers splits SmolLM2 text with
     GPT-2's plain pattern, so two or more spaces before a digit become one ``Ġ`` token per space
-    (``"a  1"`` → ``a Ġ Ġ 1``), while the trained pre-tokenizer keeps the run whole (``a ĠĠ 1``).
+    (``"a  1"`` → ``a Ġ Ġ 1``), while the trained pre-tokenizer keeps the run whole (``a ĠĠ 1``); likewise a
+    space before a non-ASCII numeral (``" Ⅻ"``) is one token there and two here, as in training.
     """
     from .gguf_file import GGUFError, read_gguf
 
