@@ -11,13 +11,16 @@ from .config import GPTConfig
 from .dataset import GPTDataset, create_dataloader
 from .embeddings import GPTEmbedding
 from .generation import generate, generate_stream
+from .gguf_file import GGUFError, read_gguf
 from .weights import WeightsInfo, WeightsUnavailable, load_pretrained
 from .instruct import InstructionCollator, InstructionDataset, format_prompt, load_instruction_data
+from .llama import LlamaConfig, LlamaModel, load_llama_gguf
 from .lora import apply_lora, load_lora, merge_lora, save_lora
 from .losses import calc_loss_batch, calc_loss_loader, perplexity
 from .model import GPTModel
 from .pretrain import ensure_standin
-from .tokenizer import SimpleTokenizer, UnknownTokenError, build_vocab, gpt2_tokenizer
+from .smollm2 import load_smollm2
+from .tokenizer import SimpleTokenizer, UnknownTokenError, build_vocab, gguf_tokenizer, gpt2_tokenizer
 from .training import History, TrainConfig, plot_losses, train
 
 __version__ = "0.1.0"
@@ -27,11 +30,14 @@ __all__ = [
     "GPTConfig",
     "GPTDataset",
     "GPTEmbedding",
+    "GGUFError",
     "GPTModel",
     "History",
     "InstructionCollator",
     "InstructionDataset",
     "KVCache",
+    "LlamaConfig",
+    "LlamaModel",
     "MultiHeadAttention",
     "SimpleTokenizer",
     "TrainConfig",
@@ -49,8 +55,11 @@ __all__ = [
     "format_prompt",
     "generate",
     "generate_stream",
+    "gguf_tokenizer",
     "gpt2_tokenizer",
     "load_assistant",
+    "load_llama_gguf",
+    "load_smollm2",
     "load_classifier",
     "load_checkpoint",
     "load_instruction_data",
@@ -59,6 +68,7 @@ __all__ = [
     "load_pretrained",
     "merge_lora",
     "perplexity",
+    "read_gguf",
     "plot_losses",
     "save_assistant",
     "save_checkpoint",
