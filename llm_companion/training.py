@@ -34,8 +34,15 @@ import torch
 from torch import nn
 
 from . import distributed
-from .checkpoint import (capture_rng, generator_state, latest_checkpoint, load_checkpoint, restore_rng,
-                         save_checkpoint, set_generator_state)
+from .checkpoint import (
+    capture_rng,
+    generator_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    set_generator_state,
+)
 from .losses import calc_loss_batch
 from .progress import progress
 
@@ -58,11 +65,15 @@ class TrainConfig:
     decay from ``lr`` to ``min_lr`` at the last step. ``grad_clip`` clips the global gradient norm.
 
     Periodic work (``*_every`` are optimizer steps; ``0`` means at the end of every epoch; ``None`` never;
-    unless ``None``, evaluation and sampling also run after the last step): ``eval_every`` computes train and validation loss
-    on the first ``eval_batches`` batches of each loader (all when None) plus ``eval_fn``; ``sample_every``
-    calls ``sample_fn``; ``checkpoint_every`` saves (when ``checkpoint_dir`` is given), keeping the newest
-    ``keep_checkpoints``. The live loss on the progress bar (and ``History.step_loss``) is read from the device
-every ``log_every`` steps, not every step, so a GPU never waits for it. ``seed`` seeds torch/numpy/random at the start of a fresh run (not on resume).
+    unless ``None``, evaluation and sampling also run after the last step): ``eval_every`` computes train and
+    validation loss on the first ``eval_batches`` batches of each loader (all when None) plus ``eval_fn``;
+    ``sample_every`` calls ``sample_fn``; ``checkpoint_every`` saves (when ``checkpoint_dir`` is given), keeping
+    the newest ``keep_checkpoints``. The live loss on the progress bar (and ``History.step_loss``) is read from
+    the device every ``log_every`` steps, not every step, so a GPU never waits for it.
+
+    ``seed`` seeds torch/numpy/random at the start of a fresh run (a resumed run continues from the
+    checkpoint's random states); either way the run is isolated (:func:`isolated_rng`): the caller's
+    generators are the same after :func:`train` as before. ``seed=None`` trains on the caller's generators.
     """
 
     epochs: int | None = 1
@@ -122,7 +133,7 @@ class History:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "History":
+    def from_dict(cls, d: dict[str, Any]) -> History:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     def __repr__(self) -> str:
@@ -258,6 +269,130 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable | None = None, num_batc
 
 
 # --------------------------------------------------------------------------------------------- train
+@contextlib.contextmanager
+def isolated_rng(seed: int | None) -> Iterator[None]:
+    """Run the block on the caller's torch/numpy/random generators, then put their states back.
+
+    With a ``seed`` the generators are seeded first, so the block's randomness (dropout masks, a DataLoader
+    shuffled without its own generator, sampling) depends on the seed alone and the caller's streams are
+    the same afterwards as before: the block has no side effect on them. ``GPTClassifier``'s seeded head
+    works the same way (``torch.random.fork_rng``).
+    """
+    saved = capture_rng()
+    try:
+        if seed is not None:
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+        yield
+    finally:
+        restore_rng(saved)
+
+
+@dataclass
+class _Position:
+    """Where a run is: the counters a checkpoint stores besides weights, optimizer and random states."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens: int = 0
+    examples: int = 0
+    elapsed0: float = 0.0  # seconds spent before this process took over (resumed runs add to it)
+    history: History = field(default_factory=History)
+
+
+def _resume(checkpoint_dir, model: nn.Module, optimizer, device) -> tuple[_Position, dict[str, Any] | None]:
+    """Load the newest checkpoint in ``checkpoint_dir`` into ``model``/``optimizer``; (position, its state)."""
+    ckpt = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is None:
+        return _Position(), None
+    s = load_checkpoint(ckpt, model=model, optimizer=optimizer, map_location=device)
+    pos = _Position(step=s["step"], epoch=s["epoch"], batch_in_epoch=s["batch"], tokens=s["tokens_seen"],
+                    examples=s["examples_seen"], elapsed0=s["elapsed"], history=History.from_dict(s["history"]))
+    return pos, s
+
+
+def _epoch_batches(train_loader, resume_state: dict[str, Any] | None, batch_in_epoch: int):
+    """An iterator over this epoch's batches and the random state its order was drawn from.
+
+    A fresh epoch records the state and starts the loader. A run resumed mid-epoch replays the epoch's
+    start from the recorded state (the same shuffle), skips the batches the checkpointed run consumed, and
+    continues with the random state it had when it saved — so the remaining batches, dropout masks and all,
+    are the ones the uninterrupted run would have seen.
+    """
+    if resume_state is not None and batch_in_epoch > 0:
+        epoch_order = resume_state["epoch_order"]
+        _restore_order_state(train_loader, epoch_order)
+        it = iter(train_loader)
+        for _ in range(batch_in_epoch):
+            next(it)
+        _restore_order_state(train_loader, resume_state["order"])
+        return it, epoch_order
+    if resume_state is not None:  # checkpoint taken at an epoch boundary
+        _restore_order_state(train_loader, resume_state["order"])
+    epoch_order = _order_state(train_loader)
+    return iter(train_loader), epoch_order
+
+
+def _checkpoint_state(pos: _Position, cfg: TrainConfig, train_loader, epoch_order: dict[str, Any],
+                      n_batches: int, elapsed: float) -> dict[str, Any]:
+    """The JSON ``state`` a checkpoint stores: position in the data, random states, history, settings."""
+    epoch, batch = (pos.epoch + 1, 0) if pos.batch_in_epoch == n_batches else (pos.epoch, pos.batch_in_epoch)
+    return {
+        "epoch": epoch, "batch": batch, "tokens_seen": pos.tokens, "examples_seen": pos.examples,
+        "elapsed": elapsed, "history": pos.history.to_dict(), "order": _order_state(train_loader),
+        "epoch_order": epoch_order, "train_config": asdict(cfg),
+    }
+
+
+class _StepLosses:
+    """Per-step losses kept on the device and copied to ``history.step_loss`` in batches.
+
+    Reading a GPU value every step would make the GPU wait; one device→host copy (and one all-reduce)
+    serves many steps, and every rank flushes at the same steps.
+    """
+
+    def __init__(self, history: History, bar):
+        self.history, self.bar, self.pending = history, bar, []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+
+    def flush(self) -> None:
+        if self.pending:
+            values = distributed.all_reduce_mean_tensor(torch.stack(self.pending).double()).tolist()
+            self.history.step_loss.extend(values)
+            self.pending.clear()
+            self.bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
+
+
+def _record_evaluation(pos: _Position, model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
+                       loss_fn: Callable, eval_fn: Callable | None, device, epoch_pos: float, lr: float,
+                       elapsed: Callable[[], float], verbose: bool) -> None:
+    """Append train/validation loss (and ``eval_fn``'s metrics) at the current position to the history."""
+    h = pos.history
+    tr = evaluate(model, train_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+    va = (evaluate(model, val_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+          if val_loader is not None else float("nan"))
+    h.steps.append(pos.step)
+    h.epochs.append(round(epoch_pos, 6))
+    h.tokens_seen.append(pos.tokens)
+    h.examples_seen.append(pos.examples)
+    h.train_loss.append(tr)
+    h.val_loss.append(va)
+    h.lr.append(lr)
+    h.wall_time.append(elapsed())
+    if eval_fn is not None:
+        with evaluating(model), torch.no_grad():  # metrics see the model as it predicts
+            extra = eval_fn(model)
+        for k, v in extra.items():
+            h.metrics.setdefault(k, []).append(float(v))
+    if verbose:
+        extra = "".join(f", {k} {v[-1]:.3f}" for k, v in h.metrics.items())
+        print(f"epoch {epoch_pos:5.2f}  step {pos.step:6d}  train loss {tr:.3f}  val loss {va:.3f}{extra}")
+
+
 def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
           loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
           eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -271,6 +406,11 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
     the model's device (the model is moved when one is given). ``optimizer`` defaults to
     :func:`make_optimizer`; pass your own to change it (its learning rate is still set by the schedule).
     ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` or starts fresh if none.
+
+    Randomness: with ``cfg.seed`` set, the run happens inside :func:`isolated_rng` — a fresh run is seeded
+    with it, a resumed one continues from the checkpoint's random states, and the caller's generators are
+    left as they were. With ``cfg.seed=None`` the run draws from (and advances) the caller's generators,
+    like any PyTorch loop.
     """
     loss_fn = loss_fn or default_loss
     if device is not None:
@@ -285,95 +425,46 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
         raise TrainingError(f"{n_batches} batches per epoch make no step with grad_accum_steps="
                             f"{cfg.grad_accum_steps}; lower grad_accum_steps or train longer")
     optimizer = optimizer or make_optimizer(model, cfg)
+    pos, resume_state = _resume(checkpoint_dir if resume else None, model, optimizer, device)
+    if resume_state is not None and distributed.is_main() and cfg.verbose:
+        print(f"resuming from step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch})")
+    rng = (isolated_rng(cfg.seed if resume_state is None else None) if cfg.seed is not None
+           else contextlib.nullcontext())
+    with rng:
+        _run(model, train_loader, val_loader, cfg, pos, resume_state, loss_fn=loss_fn, eval_fn=eval_fn,
+             sample_fn=sample_fn, checkpoint_dir=checkpoint_dir, device=device, optimizer=optimizer,
+             n_batches=n_batches, n_steps=n_steps)
+    model.eval()
+    return pos.history
+
+
+def _run(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, pos: _Position,
+         resume_state: dict[str, Any] | None, *, loss_fn: Callable, eval_fn: Callable | None,
+         sample_fn: Callable | None, checkpoint_dir, device: torch.device, optimizer, n_batches: int,
+         n_steps: int) -> None:
+    """The loop of :func:`train`: optimizer steps from ``pos`` to ``n_steps``, with the periodic work."""
     main = distributed.is_main()
     world = distributed.world_size()
     net = distributed.wrap_model(model) if distributed.is_distributed() else model
-
-    history = History()
-    step = epoch = batch_in_epoch = 0
-    tokens = examples = 0
-    elapsed0 = 0.0
-    resume_state = None
-    ckpt = latest_checkpoint(checkpoint_dir) if (resume and checkpoint_dir is not None) else None
-    if ckpt is not None:
-        resume_state = load_checkpoint(ckpt, model=model, optimizer=optimizer, map_location=device)
-        step, epoch, batch_in_epoch = resume_state["step"], resume_state["epoch"], resume_state["batch"]
-        tokens, examples = resume_state["tokens_seen"], resume_state["examples_seen"]
-        elapsed0 = resume_state["elapsed"]
-        history = History.from_dict(resume_state["history"])
-        if main and cfg.verbose:
-            print(f"resuming from step {step} (epoch {epoch}, batch {batch_in_epoch})")
-    elif cfg.seed is not None:
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        random.seed(cfg.seed)
-
     start = time.perf_counter()
-    bar = progress(total=n_steps, initial=step, desc="training", unit="step", disable=not main)
 
-    def evaluate_now(epoch_pos: float, lr: float) -> None:
-        tr = evaluate(model, train_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
-        va = (evaluate(model, val_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
-              if val_loader is not None else float("nan"))
-        history.steps.append(step)
-        history.epochs.append(round(epoch_pos, 6))
-        history.tokens_seen.append(tokens)
-        history.examples_seen.append(examples)
-        history.train_loss.append(tr)
-        history.val_loss.append(va)
-        history.lr.append(lr)
-        history.wall_time.append(elapsed0 + time.perf_counter() - start)
-        if eval_fn is not None:
-            with evaluating(model), torch.no_grad():  # metrics see the model as it predicts
-                extra = eval_fn(model)
-            for k, v in extra.items():
-                history.metrics.setdefault(k, []).append(float(v))
-        if main and cfg.verbose:
-            extra = "".join(f", {k} {v[-1]:.3f}" for k, v in history.metrics.items())
-            print(f"epoch {epoch_pos:5.2f}  step {step:6d}  train loss {tr:.3f}  val loss {va:.3f}{extra}")
+    def elapsed() -> float:
+        return pos.elapsed0 + time.perf_counter() - start
 
-    def sample_now(epoch_pos: float) -> None:
-        if not main:  # only rank 0 generates; nothing collective happens inside sample_fn
-            return
-        text = sample_fn(model)
-        history.samples.append({"step": step, "epoch": round(epoch_pos, 6), "text": text})
-        if cfg.verbose:
-            print(f"sample @ step {step}: {text!r}")
-
+    bar = progress(total=n_steps, initial=pos.step, desc="training", unit="step", disable=not main)
+    losses = _StepLosses(pos.history, bar)
     micro = 0
     running = None  # summed on the device: reading a GPU value every step would stall the GPU
-    pending: list[torch.Tensor] = []  # per-step losses not yet copied into history
-
-    def flush_losses() -> None:
-        # one device->host copy (and one all-reduce) for many steps; every rank flushes at the same steps
-        if pending:
-            values = distributed.all_reduce_mean_tensor(torch.stack(pending).double()).tolist()
-            history.step_loss.extend(values)
-            pending.clear()
-            bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
     epoch_end_pending = False
     model.train()
     optimizer.zero_grad(set_to_none=True)
     try:
-        while step < n_steps and (cfg.epochs is None or epoch < cfg.epochs):
-            distributed.set_sampler_epoch(train_loader, epoch)
-            if resume_state is not None and batch_in_epoch > 0:
-                # replay this epoch's start (same shuffle), skip what the checkpointed run consumed,
-                # then continue with the random state it had when it saved
-                epoch_order = resume_state["epoch_order"]
-                _restore_order_state(train_loader, epoch_order)
-                it = iter(train_loader)
-                for _ in range(batch_in_epoch):
-                    next(it)
-                _restore_order_state(train_loader, resume_state["order"])
-            else:
-                if resume_state is not None:  # checkpoint taken at an epoch boundary
-                    _restore_order_state(train_loader, resume_state["order"])
-                epoch_order = _order_state(train_loader)
-                it = iter(train_loader)
+        while pos.step < n_steps and (cfg.epochs is None or pos.epoch < cfg.epochs):
+            distributed.set_sampler_epoch(train_loader, pos.epoch)
+            it, epoch_order = _epoch_batches(train_loader, resume_state, pos.batch_in_epoch)
             resume_state = None
             for batch in it:
-                batch_in_epoch += 1
+                pos.batch_in_epoch += 1
                 batch = to_device(batch, device)
                 micro += 1
                 sync = micro == cfg.grad_accum_steps
@@ -385,60 +476,58 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
                 running = loss.detach().float() if running is None else running + loss.detach().float()
                 first = _first_tensor(batch)
                 if first is not None:
-                    tokens += first.numel() * world
-                    examples += first.shape[0] * world
+                    pos.tokens += first.numel() * world
+                    pos.examples += first.shape[0] * world
                 if not sync:
                     continue
-                lr = lr_at(step, cfg, n_steps)
+                lr = lr_at(pos.step, cfg, n_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                pending.append(running / cfg.grad_accum_steps)
+                pos.step += 1
+                losses.add(running / cfg.grad_accum_steps)
                 micro, running = 0, None
                 bar.update(1)
 
-                epoch_ended = batch_in_epoch == n_batches or epoch_end_pending
+                epoch_ended = pos.batch_in_epoch == n_batches or epoch_end_pending
                 epoch_end_pending = False
-                epoch_pos = epoch + batch_in_epoch / n_batches
-                last = step == n_steps
-                if step % cfg.log_every == 0 or last:
-                    flush_losses()
-                if cfg.eval_every is not None and (_due(cfg.eval_every, step, epoch_ended) or last):
-                    flush_losses()
-                    evaluate_now(epoch_pos, lr)
-                if sample_fn is not None and cfg.sample_every is not None and (
-                        _due(cfg.sample_every, step, epoch_ended) or last):
-                    sample_now(epoch_pos)
-                if checkpoint_dir is not None and (_due(cfg.checkpoint_every, step, epoch_ended) or last):
-                    flush_losses()
-                    pos = (epoch + 1, 0) if batch_in_epoch == n_batches else (epoch, batch_in_epoch)
-                    state = {
-                        "epoch": pos[0], "batch": pos[1], "tokens_seen": tokens, "examples_seen": examples,
-                        "elapsed": elapsed0 + time.perf_counter() - start,
-                        "history": history.to_dict(), "order": _order_state(train_loader),
-                        "epoch_order": epoch_order, "train_config": asdict(cfg),
-                    }
+                epoch_pos = pos.epoch + pos.batch_in_epoch / n_batches
+                last = pos.step == n_steps
+                if pos.step % cfg.log_every == 0 or last:
+                    losses.flush()
+                if cfg.eval_every is not None and (_due(cfg.eval_every, pos.step, epoch_ended) or last):
+                    losses.flush()
+                    _record_evaluation(pos, model, train_loader, val_loader, cfg, loss_fn=loss_fn, eval_fn=eval_fn,
+                                       device=device, epoch_pos=epoch_pos, lr=lr, elapsed=elapsed,
+                                       verbose=main and cfg.verbose)
+                if sample_fn is not None and cfg.sample_every is not None and main and (
+                        _due(cfg.sample_every, pos.step, epoch_ended) or last):
+                    # only rank 0 generates; nothing collective happens inside sample_fn
+                    text = sample_fn(model)
+                    pos.history.samples.append({"step": pos.step, "epoch": round(epoch_pos, 6), "text": text})
+                    if cfg.verbose:
+                        print(f"sample @ step {pos.step}: {text!r}")
+                if checkpoint_dir is not None and (_due(cfg.checkpoint_every, pos.step, epoch_ended) or last):
+                    losses.flush()
+                    state = _checkpoint_state(pos, cfg, train_loader, epoch_order, n_batches, elapsed())
                     if main:
                         save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, state=state,
-                                        step=step, keep=cfg.keep_checkpoints)
+                                        step=pos.step, keep=cfg.keep_checkpoints)
                     distributed.barrier()
-                if step >= n_steps:
+                if pos.step >= n_steps:
                     break
             else:  # the epoch ran out of batches
-                epoch += 1
-                batch_in_epoch = 0
+                pos.epoch += 1
+                pos.batch_in_epoch = 0
                 epoch_end_pending = micro > 0  # an accumulation straddles the boundary: report at its step
                 continue
             break
-        flush_losses()
+        losses.flush()
     finally:
         bar.close()
-    model.eval()
-    return history
 
 
 # ---------------------------------------------------------------------------------------------- plots

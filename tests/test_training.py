@@ -15,8 +15,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from llm_companion import GPTConfig, GPTModel
 from llm_companion.checkpoint import list_checkpoints, load_model
 from llm_companion.dataset import GPTDataset
-from llm_companion.training import (History, TrainConfig, TrainingError, evaluating, lr_at, make_optimizer,
-                                    plot_losses, total_steps, train)
+from llm_companion.training import (
+    History,
+    TrainConfig,
+    TrainingError,
+    evaluating,
+    lr_at,
+    make_optimizer,
+    plot_losses,
+    total_steps,
+    train,
+)
 
 V = 61
 
@@ -63,12 +72,31 @@ def test_evaluating_switches_to_eval_mode_and_restores_the_previous_mode_even_af
         assert not model.training and not model.blocks[0].training
         assert torch.equal(model(x), model(x))  # dropout is off
     assert model.training and model.blocks[0].training
-    with pytest.raises(ZeroDivisionError), evaluating(model):
-        1 / 0
+    with pytest.raises(RuntimeError, match="inside"), evaluating(model):
+        raise RuntimeError("an error inside the block")
     assert model.training
     with evaluating(model.eval()):
         pass
     assert not model.training  # a model that was in eval mode stays there
+
+
+def test_a_seeded_run_depends_on_its_seed_only_and_leaves_the_callers_generators_alone():
+    import random
+
+    import numpy as np
+
+    cfg = TrainConfig(max_steps=4, epochs=None, lr=3e-3, eval_every=None, sample_every=None, seed=5, verbose=False)
+    runs = []
+    for ambient in (0, 1):  # a different global state before the call: same run (dropout masks included)
+        train_loader, _ = _data()
+        model = _model(drop_rate=0.3)
+        torch.manual_seed(ambient), np.random.seed(ambient), random.seed(ambient)
+        before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+        train(model, train_loader, None, cfg)
+        after = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+        assert torch.equal(before[0], after[0]) and (before[1] == after[1]).all() and before[2] == after[2]
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
 def test_max_steps_wins_over_epochs_and_eval_every_counts_steps():
@@ -124,7 +152,8 @@ def test_custom_loss_fn_trains_a_classifier():
     g = torch.Generator().manual_seed(4)
     x = torch.randint(0, V, (32, 8), generator=g)
     labels = (x[:, -1] % 2)
-    loader = DataLoader(TensorDataset(x, labels), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(x, labels), batch_size=8, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
 
     def loss_fn(m, batch):
         return F.cross_entropy(m(batch[0])[:, -1, :2], batch[1])
