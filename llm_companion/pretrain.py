@@ -245,7 +245,8 @@ def add_arguments(p) -> None:
     p.add_argument("--corpus", nargs="+", default=["tinyshakespeare", "the-verdict"],
                    help="artifact names or text files (default: tinyshakespeare the-verdict)")
     p.add_argument("--preset", default="gpt-mini", help="GPTConfig preset (default gpt-mini)")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default 200; with --recipe: the recipe's, fewer for a trial)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch size (default 16)")
     p.add_argument("--context", type=int, default=None, help="context length (default: the preset's)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
@@ -261,9 +262,20 @@ def add_arguments(p) -> None:
     p.add_argument("--standin", action="store_true",
                    help="train (or report) the stand-in model in models/standin with its fixed recipe")
     p.add_argument("--force", action="store_true", help="with --standin: retrain even if it exists")
+    from .recipes import RECIPES
+
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                   help="train a fixed recipe (llm_companion.recipes) and write models/standin-<recipe>-<id>/; "
+                        "uses --steps, --resume, --out, --device only")
 
 
 def main(args) -> int:
+    if args.recipe:
+        from .recipes import main as recipe_main
+
+        return recipe_main(args)
+    if args.steps is None:
+        args.steps = 200
     if args.standin:
         path = ensure_standin(force=args.force)
         m = json.loads((path / "metrics.json").read_text())
