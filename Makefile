@@ -14,11 +14,13 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: book test install data chromium graphviz unit notebooks clean help
+.PHONY: book test install data chromium graphviz unit fast lint notebooks clean help
 
 help:
 	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
 	@echo "make test   - run the unit tests and execute every chapter with nbval"
+	@echo "make fast   - the unit tests without the slow and browser ones (about a minute)"
+	@echo "make lint   - ruff over the library, tests, benchmarks and the chapters' code cells"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +51,14 @@ book: data graphviz
 
 unit: data chromium
 	$(PY) -m pytest tests
+
+# The quick inner loop: no test marked slow (> ~5 s) or browser (needs Chromium and a built site).
+fast: data
+	$(PY) -m pytest -q -m "not slow and not browser" tests
+
+# Rules and line length live in pyproject.toml ([tool.ruff]); notebooks' code cells are checked too.
+lint: install
+	$(VENV)/bin/ruff check llm_companion tests benchmarks chapters
 
 notebooks: data
 	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --nbval-sanitize-with chapters/sanitize.cfg chapters/

@@ -90,13 +90,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", default="quick,gpt2-small")
     p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--steps", type=int, default=None, help="steps per timed run (default: 16 quick, 2 gpt2-small on CPU)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per timed run (default: 16 quick, 2 gpt2-small on CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
     device = torch.device(args.device)
     results = []
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}), "
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device {device} ({name}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
     print(f"{'model':11} {'precision':9} {'params':>12} {'tokens/s train()':>17} {'tokens/s bare':>14} {'overhead':>9}")
     for name in args.models.split(","):

@@ -12,7 +12,6 @@ from .dataset import GPTDataset, create_dataloader
 from .embeddings import GPTEmbedding
 from .generation import generate, generate_stream
 from .gguf_file import GGUFError, read_gguf
-from .weights import WeightsInfo, WeightsUnavailable, load_pretrained
 from .instruct import InstructionCollator, InstructionDataset, format_prompt, load_instruction_data
 from .llama import LlamaConfig, LlamaModel, load_llama_gguf
 from .lora import apply_lora, load_lora, merge_lora, save_lora
@@ -22,6 +21,7 @@ from .pretrain import ensure_standin
 from .smollm2 import load_smollm2
 from .tokenizer import SimpleTokenizer, UnknownTokenError, build_vocab, gguf_tokenizer, gpt2_tokenizer
 from .training import History, TrainConfig, plot_losses, train
+from .weights import WeightsInfo, WeightsUnavailable, load_pretrained
 
 __version__ = "0.1.0"
 

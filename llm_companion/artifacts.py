@@ -20,9 +20,9 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .atomic import atomic_file, copy_file
 from .progress import progress

@@ -106,7 +106,7 @@ class ClassificationDataset(Dataset):
         self.labels = torch.tensor(labels, dtype=torch.long)
 
     @classmethod
-    def from_frame(cls, df, tokenizer, max_length: int | None = None, **kwargs) -> "ClassificationDataset":
+    def from_frame(cls, df, tokenizer, max_length: int | None = None, **kwargs) -> ClassificationDataset:
         """From a DataFrame with columns ``Text`` and ``Label`` (as in the spam CSVs)."""
         return cls(df["Text"].tolist(), df["Label"].tolist(), tokenizer, max_length, **kwargs)
 

@@ -46,7 +46,7 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
 
-    def replace(self, **changes: Any) -> "GPTConfig":
+    def replace(self, **changes: Any) -> GPTConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
@@ -54,7 +54,7 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -62,7 +62,7 @@ class GPTConfig:
         return cls(**d)
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
         """A named preset (``gpt2-small`` … ``gpt2-xl``, or a small one), optionally with overrides."""
         try:
             base = PRESETS[name]

@@ -29,8 +29,9 @@ from .artifacts import GPT2_CHECKPOINT_FILES, fetch, get_artifact
 from .atomic import atomic_dir, temp_dir_beside  # noqa: F401 (temp_dir_beside: old import path)
 from .checkpoint import CheckpointError, CheckpointMismatch
 from .config import GPTConfig
-from .convert import (BLOCK_RENAMES as _HF_RENAMES, TOP_RENAMES as _HF_TOP, config_from_hf,  # the one naming table
-                      config_from_state_dict, load_converted, model_from_hf_state_dict)
+from .convert import BLOCK_RENAMES as _HF_RENAMES  # the one naming table
+from .convert import TOP_RENAMES as _HF_TOP
+from .convert import config_from_hf, config_from_state_dict, load_converted, model_from_hf_state_dict
 from .model import GPTModel
 
 SIZES = {"gpt2-small": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
@@ -157,7 +158,8 @@ def load_tf_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[
     try:
         settings = json.loads((folder / "hparams.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{folder / 'hparams.json'} is not valid JSON ({e}); delete it and fetch it again") from None
+        raise CheckpointError(f"{folder / 'hparams.json'} is not valid JSON ({e}); "
+                              f"delete it and fetch it again") from None
     tf = _tensorflow()
     try:
         reader = tf.train.load_checkpoint(str(prefix))

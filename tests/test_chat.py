@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from llm_companion.chat import (AssistantNotFound, decode_stream, load_assistant, save_assistant,
-                                stream_reply)
+from llm_companion.chat import AssistantNotFound, decode_stream, load_assistant, save_assistant, stream_reply
 from llm_companion.config import GPTConfig
 from llm_companion.instruct import PROMPT_STYLES
 from llm_companion.model import GPTModel

@@ -4,9 +4,18 @@ import pytest
 import torch
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.checkpoint import (CheckpointError, CheckpointMismatch, capture_rng, latest_checkpoint,
-                                      list_checkpoints, load_checkpoint, load_model, restore_rng,
-                                      save_checkpoint, save_model)
+from llm_companion.checkpoint import (
+    CheckpointError,
+    CheckpointMismatch,
+    capture_rng,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_model,
+    restore_rng,
+    save_checkpoint,
+    save_model,
+)
 
 NANO = GPTConfig.preset("gpt-nano", vocab_size=40, context_length=16)
 

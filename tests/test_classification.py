@@ -9,12 +9,26 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from llm_companion import GPTConfig, GPTModel, gpt2_tokenizer
-from llm_companion.classification import (PAD_TOKEN_ID, ClassificationDataset, ClassifierNotFound,
-                                          EmptyInputError, GPTClassifier, calc_accuracy_loader,
-                                          calc_classification_loss_loader, classification_loss, classify,
-                                          confusion_matrix, count_parameters, encode_texts, load_classifier,
-                                          plot_classification_history, plot_confusion_matrix, predict_loader,
-                                          save_classifier, set_trainable, train_classifier)
+from llm_companion.classification import (
+    PAD_TOKEN_ID,
+    ClassificationDataset,
+    ClassifierNotFound,
+    EmptyInputError,
+    GPTClassifier,
+    calc_accuracy_loader,
+    calc_classification_loss_loader,
+    classify,
+    confusion_matrix,
+    count_parameters,
+    encode_texts,
+    load_classifier,
+    plot_classification_history,
+    plot_confusion_matrix,
+    predict_loader,
+    save_classifier,
+    set_trainable,
+    train_classifier,
+)
 
 NANO = GPTConfig.preset("gpt-nano")                                  # GPT-2 vocabulary, context 64
 TOY = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2)

@@ -5,8 +5,16 @@ from conftest import ODD, hf_gpt2
 from transformers import GPT2Config
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.convert import (ConversionError, config_from_hf, config_from_state_dict, load_converted,
-                                   merge_qkv, model_from_hf_state_dict, split_qkv, state_dict_from_hf)
+from llm_companion.convert import (
+    ConversionError,
+    config_from_hf,
+    config_from_state_dict,
+    load_converted,
+    merge_qkv,
+    model_from_hf_state_dict,
+    split_qkv,
+    state_dict_from_hf,
+)
 
 
 def test_config_from_hf_reads_gpt2_fields():

@@ -72,7 +72,8 @@ def test_long_prompt_is_truncated_to_the_context(model):
         model(x)  # the model itself refuses
 
 
-@pytest.mark.parametrize("kw,match", [(dict(temperature=-0.1), "temperature"), (dict(temperature=1.0, top_k=0), "top_k"),
+@pytest.mark.parametrize("kw,match", [(dict(temperature=-0.1), "temperature"),
+                                      (dict(temperature=1.0, top_k=0), "top_k"),
                                       (dict(temperature=1.0, top_p=0.0), "top_p"),
                                       (dict(temperature=1.0, top_p=1.5), "top_p")])
 def test_bad_sampling_arguments_raise(model, kw, match):

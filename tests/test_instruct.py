@@ -5,11 +5,28 @@ import pytest
 import torch
 
 from llm_companion.config import GPTConfig
-from llm_companion.instruct import (EOT_ID, IGNORE_INDEX, Example, InstructionCollator, InstructionDataError,
-                                    InstructionDataset, extract_response, format_example, format_input,
-                                    format_prompt, generate_responses, instruction_loader, load_instruction_data,
-                                    pad_and_mask, response_table, rouge_l, save_responses, split_records,
-                                    validate_records, with_responses)
+from llm_companion.instruct import (
+    EOT_ID,
+    IGNORE_INDEX,
+    Example,
+    InstructionCollator,
+    InstructionDataError,
+    InstructionDataset,
+    extract_response,
+    format_example,
+    format_input,
+    format_prompt,
+    generate_responses,
+    instruction_loader,
+    load_instruction_data,
+    pad_and_mask,
+    response_table,
+    rouge_l,
+    save_responses,
+    split_records,
+    validate_records,
+    with_responses,
+)
 from llm_companion.model import GPTModel
 from llm_companion.tokenizer import gpt2_tokenizer
 

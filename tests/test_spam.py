@@ -2,8 +2,16 @@
 import pandas as pd
 import pytest
 
-from llm_companion.spam import (SPLITS, SpamDataError, balance, load_splits, plot_class_balance,
-                                prepare_splits, read_sms_collection, split)
+from llm_companion.spam import (
+    SPLITS,
+    SpamDataError,
+    balance,
+    load_splits,
+    plot_class_balance,
+    prepare_splits,
+    read_sms_collection,
+    split,
+)
 
 
 @pytest.fixture(scope="module")
