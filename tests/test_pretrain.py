@@ -27,6 +27,7 @@ def test_standin_recipe_is_gpt2_shaped():
     assert set(pretrain.STANDIN["corpus"]) == {"tinyshakespeare", "the-verdict"}
 
 
+@pytest.mark.slow  # trains a tiny stand-in (~6 s on two idle cores)
 def test_ensure_standin_trains_once_deterministically_and_atomically(home, capsys):
     path = pretrain.ensure_standin()
     assert path == home / "models" / "standin"
@@ -80,6 +81,7 @@ def test_cli_trains_writes_the_model_and_resumes(tmp_path):
     assert resumed.returncode == 0 and "resuming from step 2" in resumed.stdout
 
 
+@pytest.mark.slow  # trains a tiny stand-in (~6 s on two idle cores)
 def test_a_standin_from_an_older_recipe_is_retrained(home, monkeypatch):
     path = pretrain.ensure_standin(verbose=False)
     old_id = json.loads((path / "metrics.json").read_text())["recipe_id"]
