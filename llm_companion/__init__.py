@@ -21,7 +21,7 @@ from .pretrain import ensure_standin
 from .smollm2 import load_smollm2
 from .tokenizer import SimpleTokenizer, UnknownTokenError, build_vocab, gguf_tokenizer, gpt2_tokenizer
 from .training import History, TrainConfig, plot_losses, train
-from .weights import WeightsInfo, WeightsUnavailable, load_pretrained
+from .weights import WeightsDirError, WeightsInfo, WeightsUnavailable, load_pretrained
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "SimpleTokenizer",
     "TrainConfig",
     "UnknownTokenError",
+    "WeightsDirError",
     "WeightsInfo",
     "WeightsUnavailable",
     "apply_lora",

@@ -478,7 +478,18 @@ _GPT2_SIZES = {  # bytes, per file, as published; None where no published size i
     "774M": (None,) * 7,
     "1558M": (None,) * 7,
 }
-_GPT2_HF_REPOS = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
+# sha256 of OpenAI's 124M files. OpenAI publishes no checksum list; these are the hashes two independent
+# public records give for the files at the URL above (a download script's CHECKSUMS table, and Terminal-Bench's
+# gpt2-codegolf task for the data file and vocab.bpe); encoder.json and vocab.bpe equal tiktoken's, checkpoint
+# is TF's two-line pointer, hparams.json the 90 bytes of GPT2_HPARAMS["124M"] as OpenAI formatted it.
+_GPT2_124M_SHA256 = {
+    "checkpoint": "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb",
+    "hparams.json": "d9d56e4121c427164e0c55c6f03c08e1daf9002b9b672825112d19097b680318",
+    "model.ckpt.data-00000-of-00001": "2060c885360cc0cf41d7a6dbc4d24b5127aae20260c8b5ae521b5a6578407118",
+    "model.ckpt.index": "71916f763f9746f9b2a06b12d91996cf1084ae008d0424543d39391c5f2dc687",
+    "model.ckpt.meta": "4668c448fa11531fd6700460487f73e82d3272960cea942252f8744bf225c77b",
+}
+GPT2_HF_REPOS = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
 
 
 def _check_json(path: Path, expected: dict | None = None) -> None:
@@ -520,6 +531,8 @@ def _register_gpt2_checkpoints() -> None:
             # encoder.json and vocab.bpe are tiktoken's GPT-2 files, byte for byte, where the sizes are published
             sha = {"encoder.json": REGISTRY["gpt2-encoder"].sha256,
                    "vocab.bpe": REGISTRY["gpt2-vocab"].sha256}.get(file) if nbytes is not None else None
+            if size == "124M":
+                sha = _GPT2_124M_SHA256.get(file, sha)
             register(Artifact(
                 name=f"gpt2-{size}/{file}",
                 filename=file,
@@ -531,7 +544,7 @@ def _register_gpt2_checkpoints() -> None:
                 check=_gpt2_file_check(size, file),
                 description=f"OpenAI GPT-2 {size} TF checkpoint: {file} (modified MIT license)",
             ))
-        repo = _GPT2_HF_REPOS[size]
+        repo = GPT2_HF_REPOS[size]
         pinned = size == "124M"  # the revision whose hashes are published
         rev = "607a30d783dfa663caf39e06633721c8d4cfcd7e" if pinned else "main"
         for file, sha, nbytes, check in (
@@ -554,3 +567,28 @@ def _register_gpt2_checkpoints() -> None:
 
 
 _register_gpt2_checkpoints()
+
+
+# --------------------------------------------------------------------------------------------- stand-ins
+@dataclass(frozen=True)
+class PublishedStandin:
+    """A stand-in model published to the mirror's ``models/<folder>/`` (OpenAI layout + SHA256SUMS + metrics.json).
+
+    ``sums_sha256`` is the sha256 of its ``SHA256SUMS`` file: that file lists the hash of every other file, so
+    this one digest pins every byte of the folder. ``trained_on`` is what :meth:`WeightsInfo.describe` says it
+    learned from.
+    """
+
+    folder: str
+    sums_sha256: str
+    trained_on: str
+
+
+# The stand-ins chapters 5-7 may use, in order of preference: the first one present in models/ or a mirror
+# (and matching its digest) wins; without any, the library trains its own small one. A folder of a mirror's
+# models/ that is not listed here is never used. Publishing a stand-in = adding its line ABOVE the ones it
+# supersedes (e.g. a later standin-books-<recipe id> from `llm-companion pretrain --recipe books`).
+PUBLISHED_STANDINS: tuple[PublishedStandin, ...] = (
+    PublishedStandin("books-gpt-mini-v0", "12529023c477727759f00d429f3fed3365f3e08167f8216883c39d89849e3de4",
+                     "254 Project Gutenberg books"),  # the mirror's corpora/gutenberg_en_*.tar.xz; see its SOURCES.md
+)

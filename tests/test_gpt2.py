@@ -7,18 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_companion import artifacts
 from llm_companion.artifacts import IntegrityError
-from llm_companion.checkpoint import CheckpointError, CheckpointMismatch, save_model
+from llm_companion.checkpoint import CheckpointError, CheckpointMismatch
 from llm_companion.config import GPTConfig
-from llm_companion.gpt2 import (MissingCheckpointFile, TensorFlowMissing, config_from_hparams, export_tf_checkpoint,
-                                from_safetensors, from_tf_checkpoint, hf_name, load_tf_checkpoint,
-                                load_weights_into_gpt, openai_name, weight_map)
-from llm_companion.weights import WeightsUnavailable, load_pretrained
+from llm_companion.gpt2 import (
+    MissingCheckpointFile,
+    TensorFlowMissing,
+    config_from_hparams,
+    export_tf_checkpoint,
+    from_safetensors,
+    from_tf_checkpoint,
+    hf_name,
+    load_tf_checkpoint,
+    load_weights_into_gpt,
+    openai_name,
+    weight_map,
+)
 from llm_companion.model import GPTModel
-
-from transformers import GPT2Config, GPT2LMHeadModel
 
 HPARAMS = {"n_vocab": 96, "n_ctx": 32, "n_embd": 128, "n_head": 2, "n_layer": 2}  # 64-dim heads, as GPT-2
 
@@ -231,125 +239,3 @@ def test_corrupted_safetensors_is_a_clear_error(hf_model, tmp_path):
         artifacts.check_safetensors(f)
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         from_safetensors(f)
-
-
-# ------------------------------------------------------------------------------- load_pretrained
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    """An empty project home and mirror, no network, quick profile; ensure_standin returns a tiny model."""
-    home, mirror = tmp_path / "home", tmp_path / "mirror"
-    home.mkdir(), mirror.mkdir()
-    for var, value in (("LLM_COMPANION_HOME", home), ("LLM_COMPANION_MIRROR", mirror),
-                       ("LLM_COMPANION_OFFLINE", "1"), ("LLM_BOOK_PROFILE", "quick")):
-        monkeypatch.setenv(var, str(value))
-    torch.manual_seed(5)
-    tiny = GPTModel(config_from_hparams(HPARAMS))
-    calls = []
-
-    def ensure_standin():  # as pretrain's: trains (here: saves) only when the stand-in is missing
-        calls.append(1)
-        folder = home / "models" / "standin"
-        if not folder.is_dir():
-            save_model(tiny, folder, extra={"metrics.json": {"val_loss": 6.25}})
-        return folder
-
-    from llm_companion import pretrain
-
-    monkeypatch.setattr(pretrain, "ensure_standin", ensure_standin)
-    return {"home": home, "mirror": mirror, "tiny": tiny, "calls": calls}
-
-
-def test_offline_quick_profile_returns_the_standin_through_the_tf_loader(sandbox):
-    model, info = load_pretrained("gpt2-small")
-    assert info.source == "standin" and info.is_standin
-    assert info.metrics["val_loss"] == 6.25 and "6.25" in info.describe() and "NOT GPT-2" in info.describe()
-    assert info.path == "models/standin/openai" and info.n_params == sandbox["tiny"].num_parameters()
-    exported = sandbox["home"] / "models" / "standin" / "openai"
-    assert (exported / "model.ckpt.index").is_file() and (exported / "hparams.json").is_file()
-    for (name, a), b in zip(model.state_dict().items(), sandbox["tiny"].state_dict().values()):
-        assert torch.equal(a, b), name
-    stamp = (exported / "model.ckpt.index").stat().st_mtime_ns
-    load_pretrained("gpt2-small")  # the export is cached
-    assert (exported / "model.ckpt.index").stat().st_mtime_ns == stamp
-
-
-def test_full_profile_offline_is_one_clear_error(sandbox, monkeypatch):
-    monkeypatch.setenv("LLM_BOOK_PROFILE", "full")
-    with pytest.raises(WeightsUnavailable) as e:
-        load_pretrained("gpt2-medium")
-    msg = str(e.value)
-    assert "GPT-2 355M weights are not available" in msg.splitlines()[0]
-    assert "model.ckpt.data-00000-of-00001" in msg and "openaipublic.blob.core.windows.net/gpt-2/models/355M" in msg
-    assert "LLM_COMPANION_MIRROR" in msg and not sandbox["calls"]
-    monkeypatch.setenv("LLM_BOOK_PROFILE", "quick")
-    with pytest.raises(WeightsUnavailable, match="allow_standin=False asks for the real ones"):
-        load_pretrained("gpt2-small", allow_standin=False)
-
-
-def test_prebuilt_standin_in_the_mirror_is_used_only_when_it_verifies(sandbox):
-    from llm_companion.checkpoint import _seal
-
-    folder = export_tf_checkpoint(sandbox["tiny"], sandbox["mirror"] / "models" / "standin-test")
-    (folder / "metrics.json").write_text(json.dumps({"val_loss": 4.5}))
-    _seal(folder)
-    model, info = load_pretrained()
-    assert info.source == "standin" and info.path == "$LLM_COMPANION_MIRROR/models/standin-test"
-    assert info.metrics == {"val_loss": 4.5} and not sandbox["calls"]
-    data = folder / "model.ckpt.data-00000-of-00001"
-    data.write_bytes(data.read_bytes()[:-4])  # no longer matches SHA256SUMS: ignored
-    _, info = load_pretrained()
-    assert info.path == "models/standin/openai" and sandbox["calls"]
-
-
-def test_real_weights_win_over_the_standin(sandbox, hf_model, monkeypatch):
-    # HF safetensors of "gpt2-large" in the mirror (its registry entry has no hash, so any place-matched file
-    # that parses is taken; the loader's checks guard the rest)
-    hf_model.save_pretrained(sandbox["mirror"] / "gpt2-hf" / "gpt2-large", safe_serialization=True)
-    model, info = load_pretrained("gpt2-large")
-    assert info.source == "hf-safetensors" and info.path == "models/gpt2-hf/gpt2-large/model.safetensors"
-    assert "OpenAI GPT-2 gpt2-large (774M)" in info.describe() and not sandbox["calls"]
-    # …and OpenAI's TF checkpoint is preferred to both (hparams check relaxed to the tiny model's)
-    monkeypatch.setitem(artifacts.GPT2_HPARAMS, "774M", HPARAMS)
-    tf_dir = write_openai_checkpoint(hf_model, sandbox["mirror"] / "gpt2" / "774M")
-    (tf_dir / "encoder.json").write_text("{}")
-    (tf_dir / "vocab.bpe").write_text("#version: 0.2\n")
-    model, info = load_pretrained("gpt2-large")
-    assert info.source == "openai-gpt2" and info.path == "models/gpt2/774M"
-    assert info.config == config_from_hparams(HPARAMS)
-
-
-def test_unhashed_mirror_files_are_taken_only_from_their_own_place(sandbox, openai_dir):
-    elsewhere = sandbox["mirror"] / "models" / "other"
-    _copy(openai_dir, elsewhere)
-    with pytest.raises(artifacts.ArtifactUnavailable):
-        artifacts.fetch("gpt2-774M/model.ckpt.index")
-    _copy(openai_dir, sandbox["mirror"] / "gpt2" / "774M")
-    assert artifacts.fetch("gpt2-774M/model.ckpt.index").parent == sandbox["home"] / "models" / "gpt2" / "774M"
-
-
-def test_wrong_hparams_are_rejected_by_the_registry_check(sandbox, openai_dir):
-    _copy(openai_dir, sandbox["mirror"] / "gpt2" / "1558M")  # no published size: the content check decides
-    with pytest.raises(artifacts.ArtifactUnavailable, match="'n_embd': 128.*expected.*'n_embd': 1600"):
-        artifacts.fetch("gpt2-1558M/hparams.json")
-
-
-def test_unknown_model_name():
-    with pytest.raises(ValueError, match="gpt2-small"):
-        load_pretrained("gpt3")
-
-
-def test_registry_lists_every_gpt2_file(capsys):
-    from llm_companion.cli import main
-
-    assert main(["fetch", "--list"]) == 0
-    out = capsys.readouterr().out
-    for size in ("124M", "355M", "774M", "1558M"):
-        for f in artifacts.GPT2_CHECKPOINT_FILES:
-            assert f"gpt2-{size}/{f} " in out
-        assert f"gpt2-{size}-hf/model.safetensors " in out and f"gpt2-{size}-hf/config.json " in out
-    data = artifacts.get_artifact("gpt2-124M/model.ckpt.data-00000-of-00001")
-    assert data.size == 497759232 and data.urls[0].startswith("https://openaipublic.blob.core.windows.net/gpt-2/")
-    assert data.urls[1].startswith("https://f001.backblazeb2.com/") and data.path.parts[-3:] == (
-        "gpt2", "124M", "model.ckpt.data-00000-of-00001")
-    st = artifacts.get_artifact("gpt2-124M-hf/model.safetensors")
-    assert st.sha256.startswith("248dfc39") and st.size == 548105171
