@@ -14,13 +14,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: book test install data chromium graphviz unit fast lint notebooks clean help
+.PHONY: book test install data chromium graphviz unit fast lint notebooks notebooks-gpt2 clean help
 
 help:
 	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
 	@echo "make test   - run the unit tests and execute every chapter with nbval"
 	@echo "make fast   - the unit tests without the slow and browser ones (about a minute)"
 	@echo "make lint   - ruff over the library, tests, benchmarks and the chapters' code cells"
+	@echo "make notebooks-gpt2 - chapters 5-7 on a random GPT-2-small-shaped checkpoint (LLM_COMPANION_GPT2_DIR)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,11 @@ lint: install
 
 notebooks: data
 	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --nbval-sanitize-with chapters/sanitize.cfg chapters/
+
+# Chapters 5-7 on a random gpt2-small (124M) in OpenAI's layout, given through LLM_COMPANION_GPT2_DIR: the path
+# of a reader who has GPT-2 files, at GPT-2's real size and cost. The committed notebooks are not rewritten.
+notebooks-gpt2: data
+	$(PY) tests/tools/gpt2_shaped.py
 
 test: unit notebooks
 

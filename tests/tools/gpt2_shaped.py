@@ -1,0 +1,93 @@
+"""Execute chapters 5–7 on GPT-2-shaped weights that are not the stand-in: the online reader's path, offline.
+
+A randomly initialised ``gpt2-small`` (124M parameters, GPT-2's exact shape) is written in OpenAI's seven-file
+layout with the library's own exporter into a temporary folder, ``LLM_COMPANION_GPT2_DIR`` points at it, and
+nbval executes each chapter in the quick profile. The committed notebooks are executed, never rewritten. The
+weights are random, so the chapters see *unverified local GPT-2 files* of the real size and cost: what must
+hold is that every chapter runs, that no checked cell depends on which weights loaded, and that each chapter
+stays within its time budget on GPT-2 small. ``make notebooks-gpt2`` runs this; ``.ci/run`` after ``make test``.
+
+    python tests/tools/gpt2_shaped.py [--weights-dir DIR] [--budget 300] [chapters/05_….ipynb …]
+
+Prints one line per chapter (seconds, pass/fail, the load average around it) and exits non-zero when a
+chapter fails (or, with ``--strict-budget``, runs over ``--budget`` seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAPTERS = ("chapters/05_loading_gpt2_weights.ipynb", "chapters/06_classification_finetuning.ipynb",
+            "chapters/07_instruction_finetuning.ipynb")
+
+
+def write_random_gpt2(root: Path, size: str = "124M", seed: int = 0) -> Path:
+    """``root/<size>/``: a random GPT-2 of that size in OpenAI's layout (reused when already complete)."""
+    import torch
+
+    from llm_companion.artifacts import GPT2_HPARAMS
+    from llm_companion.gpt2 import config_from_hparams, export_tf_checkpoint
+    from llm_companion.model import GPTModel
+    from llm_companion.weights import OPENAI_WEIGHT_FILES
+
+    folder = root / size
+    if all((folder / f).is_file() for f in OPENAI_WEIGHT_FILES):
+        return folder
+    torch.manual_seed(seed)
+    model = GPTModel(config_from_hparams(GPT2_HPARAMS[size]))
+    return export_tf_checkpoint(model, folder)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("chapters", nargs="*", default=list(CHAPTERS))
+    p.add_argument("--weights-dir", type=Path, default=None,
+                   help="keep the random checkpoint here (reused next time) instead of a temporary folder")
+    p.add_argument("--budget", type=float, default=300.0, help="seconds per chapter (default 300: 5 minutes)")
+    p.add_argument("--strict-budget", action="store_true", help="fail a chapter that runs over --budget")
+    args = p.parse_args(argv)
+
+    root = args.weights_dir or Path(tempfile.mkdtemp(prefix="gpt2-shaped-"))
+    try:
+        start = time.perf_counter()
+        folder = write_random_gpt2(root)
+        print(f"random gpt2-small (124M) in OpenAI's layout at {folder} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+        env = {**os.environ, "LLM_COMPANION_GPT2_DIR": str(root), "LLM_BOOK_PROFILE": "quick"}
+        results = []
+        for chapter in args.chapters:
+            before = loadavg()
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                                   "--nbval-cell-timeout=900", "--nbval-sanitize-with", "chapters/sanitize.cfg",
+                                   chapter], cwd=ROOT, env=env)
+            seconds = time.perf_counter() - t0
+            over = seconds > args.budget
+            ok = proc.returncode == 0 and not (over and args.strict_budget)
+            results.append((chapter, seconds, ok, over, before, loadavg()))
+        print(f"\nchapters on a random gpt2-small via LLM_COMPANION_GPT2_DIR (budget {args.budget:.0f} s each):")
+        for chapter, seconds, ok, over, before, after in results:
+            print(f"  {Path(chapter).stem:40} {seconds:7.1f} s  {'passed' if ok else 'FAILED'}"
+                  f"{'  (over budget)' if over else ''}  loadavg {before} -> {after}")
+        return 0 if all(ok for _, _, ok, *_ in results) else 1
+    finally:
+        if args.weights_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
