@@ -548,7 +548,8 @@ def _register_gpt2_checkpoints() -> None:
         pinned = size == "124M"  # the revision whose hashes are published
         rev = "607a30d783dfa663caf39e06633721c8d4cfcd7e" if pinned else "main"
         for file, sha, nbytes, check in (
-            ("model.safetensors", "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707" if pinned else None,
+            ("model.safetensors",
+             "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707" if pinned else None,
              548105171 if pinned else None, check_safetensors),
             ("config.json", "0daed7749b4f02b8f76240d5444551d7b08712dab4d0adb8239c56ba823bb7b4" if pinned else None,
              665 if pinned else None, _check_json),

@@ -3,8 +3,8 @@
 ``llm-companion pretrain --corpus tinyshakespeare the-verdict --preset gpt-mini --steps 200 --out DIR``
 trains a GPT on artifacts (by registry name) or text files, writes the model to ``DIR/model/``
 (``model.safetensors``, ``config.json``, ``metrics.json``, ``history.json``) and checkpoints to
-``DIR/checkpoints/`` (``--resume`` continues a killed run). The same command runs data-parallel under ``torchrun --nproc_per_node=N`` (``--batch-size`` is
-then the global batch, split over the processes).
+``DIR/checkpoints/`` (``--resume`` continues a killed run). The same command runs data-parallel under
+``torchrun --nproc_per_node=N`` (``--batch-size`` is then the global batch, split over the processes).
 
 ``llm-companion pretrain --standin`` (or :func:`ensure_standin`) trains the stand-in: a fixed recipe
 (:data:`STANDIN`: model shape, seed, number of steps), so it does not depend on how fast the machine is.
@@ -293,8 +293,8 @@ def main(args) -> int:
                            seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                            resume=args.resume, device=info.device)
         if distributed.is_main():
-            print(f"{out / 'model'}: train loss {m['train_loss']:.3f}, val loss {m['val_loss']:.3f}, {m['steps']} steps, "
-                  f"{m['tokens_seen']:,} tokens, {m['seconds']:.0f} s\nsample: {m['sample']!r}")
+            print(f"{out / 'model'}: train loss {m['train_loss']:.3f}, val loss {m['val_loss']:.3f}, "
+                  f"{m['steps']} steps, {m['tokens_seen']:,} tokens, {m['seconds']:.0f} s\nsample: {m['sample']!r}")
     finally:
         distributed.cleanup()
     return 0
