@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
         def hf_decode():
             return hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.new,
-                               min_new_tokens=args.new, do_sample=False, use_cache=True, pad_token_id=2)
+                               do_sample=False, use_cache=True, pad_token_id=2)
+
+        # both decode exactly args.new tokens, through <|im_end|> and beyond: ours is given no eos_id, and HF's
+        # eos is switched off (min_new_tokens instead would mask <|im_end|>'s logit and change the tokens)
+        hf.generation_config.eos_token_id = None
 
         same = torch.equal(ours_decode(), hf_decode())
         o, h = report(f"greedy decode ({args.new} new, KV cache)", args.new,

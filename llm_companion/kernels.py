@@ -9,8 +9,17 @@ weights from memory. For one row, PyTorch's CPU matmul streams a weight on one c
 :class:`RowSplitLinear` is an ``nn.Linear`` (same parameters, same state-dict keys, same results) whose
 ``forward`` takes that path when it pays and ``F.linear`` otherwise, so the model code that uses it reads
 ``self.qkv(x)`` like any other layer. :func:`row_split_linear` is the kernel itself.
+
+Whether the split pays depends on the CPU and its BLAS: on the authors' VM it doubled decoding speed one week
+and was 2-4x *slower* on the next host of the same VM type, where one-row ``F.linear`` already used both
+cores. So the choice is measured, not assumed: the first eligible call for each weight shape times both paths
+on that weight (a few milliseconds, once per process) and keeps the faster one. ``LLM_COMPANION_ROW_SPLIT=1``
+or ``=0`` forces the kernel on or off (for tests and benchmarks).
 """
 from __future__ import annotations
+
+import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -33,16 +42,42 @@ def row_split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return y.reshape(*x.shape[:-1], n_out)
 
 
+_measured: dict[tuple[int, int, int], bool] = {}  # (n_out, n_in, threads) → split was faster
+
+
+def _split_is_faster(x: torch.Tensor, weight: torch.Tensor, rounds: int = 3) -> bool:
+    """Time both paths on this weight (alternating, best of ``rounds``); the split must win by 15%."""
+    row = x.reshape(1, weight.shape[1])
+    best = {"split": float("inf"), "plain": float("inf")}
+    paths = {"split": lambda: row_split_linear(row, weight), "plain": lambda: F.linear(row, weight)}
+    for i in range(rounds + 1):
+        for name, run in paths.items():
+            t0 = time.perf_counter()
+            run()
+            if i:  # round 0 warms caches and is dropped
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return best["split"] < 0.85 * best["plain"]
+
+
 def use_row_split(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`row_split_linear` is the faster way to apply ``weight`` to ``x``.
 
     Only for one row of fp32 on a CPU with two or more threads and autograd off: batches of rows already
     use every core, training needs the plain op's backward, and bf16 has its own fast one-row path
-    (measured: the split is slower there).
+    (measured: the split is slower there). Where it may pay, the answer is measured once per weight shape
+    (see the module's docstring) unless ``LLM_COMPANION_ROW_SPLIT`` forces it.
     """
-    return (x.device.type == "cpu" and not torch.is_grad_enabled() and x.numel() == x.shape[-1]
+    if not (x.device.type == "cpu" and not torch.is_grad_enabled() and x.numel() == x.shape[-1]
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.is_contiguous()
-            and torch.get_num_threads() >= 2)
+            and torch.get_num_threads() >= 2):
+        return False
+    forced = os.environ.get("LLM_COMPANION_ROW_SPLIT", "auto")
+    if forced in ("0", "1"):
+        return forced == "1"
+    key = (*weight.shape, torch.get_num_threads())
+    if key not in _measured:
+        _measured[key] = _split_is_faster(x, weight)
+    return _measured[key]
 
 
 class RowSplitLinear(nn.Linear):
@@ -60,6 +95,8 @@ def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     For models built from plain ``nn.Linear`` layers; a model built from :class:`RowSplitLinear` just calls
     its layers. Wrapped layers (LoRA adapters, other subclasses) run their own ``forward``.
     """
-    if type(layer) is nn.Linear and use_row_split(x, layer.weight):
-        return row_split_linear(x, layer.weight, layer.bias)
+    if type(layer) is nn.Linear:  # called directly: a decoding step makes hundreds of these calls
+        if use_row_split(x, layer.weight):
+            return row_split_linear(x, layer.weight, layer.bias)
+        return F.linear(x, layer.weight, layer.bias)
     return layer(x)

@@ -131,6 +131,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and hasattr(F, "rms_norm"):  # the same formula, one op (torch >= 2.4)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()  # the mean of squares in fp32 even for a bf16 model (as Llama's reference code)
         h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)

@@ -198,6 +198,7 @@ def test_row_split_linear_takes_the_kernel_only_where_it_pays(monkeypatch, n_out
     kernel = kernels.row_split_linear
     monkeypatch.setattr(kernels, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the kernel's condition, even on a 1-core runner
+    monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "1")  # wherever it is eligible, whatever this CPU measures
     torch.manual_seed(0)
     layer = kernels.RowSplitLinear(48, n_out)
     plain = torch.nn.Linear(48, n_out)
@@ -227,12 +228,38 @@ def test_decoding_with_the_row_split_kernel_equals_plain_layers(monkeypatch):
     model = GPTModel(ODD).eval()
     x = torch.randint(0, ODD.vocab_size, (1, 9))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # force the kernel path, even on one thread
+    monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "1")
     fast = generate(model, x, 20)
     assert len(calls) >= 19 * (4 * ODD.n_layers + 1)  # every linear of every one-row decoding step
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the layers fall back to F.linear
     n = len(calls)
     assert torch.equal(generate(model, x, 20), fast)
     assert len(calls) == n
+
+
+def test_row_split_choice_is_measured_once_per_shape_and_can_be_forced(monkeypatch):
+    import llm_companion.kernels as kernels
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(kernels, "_measured", {})
+    real = kernels._split_is_faster
+    timed = []
+    verdict = {"split wins": False}
+    monkeypatch.setattr(kernels, "_split_is_faster", lambda x, w: timed.append(w.shape) or verdict["split wins"])
+    monkeypatch.delenv("LLM_COMPANION_ROW_SPLIT", raising=False)
+    w, x = torch.randn(10, 48), torch.randn(1, 1, 48)
+    with torch.no_grad():
+        assert not kernels.use_row_split(x, w) and not kernels.use_row_split(x, w)
+        assert timed == [(10, 48)]  # measured once, then remembered
+        verdict["split wins"] = True
+        assert kernels.use_row_split(x, torch.randn(12, 48)) and len(timed) == 2  # a new shape: measured
+        monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "0")
+        assert not kernels.use_row_split(x, torch.randn(12, 48))
+        monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "1")
+        assert kernels.use_row_split(x, w) and len(timed) == 2  # forced: nothing measured
+        assert not kernels.use_row_split(torch.randn(1, 2, 48), w)  # two rows are never split
+    with torch.no_grad():  # the real measurement runs both paths and answers a bool
+        assert real(x, w) in (True, False)
 
 
 def test_plot_attention_draws_one_panel_per_matrix():
