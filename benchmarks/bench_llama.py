@@ -20,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_model import interleaved  # noqa: E402  (the same interleaving as the GPT benchmark)
+from bench_model import interleaved, print_table  # noqa: E402  (the GPT benchmark's interleaving and table)
 
 from llm_companion.generation import generate  # noqa: E402
 from llm_companion.llama import weight_bytes_per_token  # noqa: E402
@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{bw / 1e9:.1f} GB/s → at most {bw / per_token:.0f} tok/s; ours reaches "
               f"{o * per_token / 1e9:.1f} GB/s ({o * per_token / bw:.0%}), HF {h * per_token / 1e9:.1f} GB/s "
               f"({h * per_token / bw:.0%})")
-    print("\n| workload | ours tok/s | HF tok/s | ours / HF |\n|---|---:|---:|---:|")
-    for name, o, h, r in rows:
-        print(f"| {name} (fp32) | {o:.1f} | {h:.1f} | {r:.2f}x |")
+    print_table(rows, "fp32")
     return 0
 
 

@@ -86,6 +86,13 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def print_table(rows: list[tuple[str, float, float, float]], precision: str) -> None:
+    """The results as a Markdown table: (workload, ours tok/s, HF tok/s, ratio) per row."""
+    print("\n| workload | ours tok/s | HF tok/s | ours / HF |\n|---|---:|---:|---:|")
+    for name, o, h, r in rows:
+        print(f"| {name} ({precision}) | {o:.1f} | {h:.1f} | {r:.2f}x |")
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per call for each function, alternating the order each round."""
     names = list(fns)
@@ -145,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         report(f"greedy decode ({decode_new} new, KV cache)", decode_new, secs)
         print(f"  decoded tokens identical to HF: {same}")
 
-    print("\n| workload | ours tok/s | HF tok/s | ours / HF |\n|---|---:|---:|---:|")
-    for name, o, h, r in rows:
-        print(f"| {name} ({dtype}) | {o:.1f} | {h:.1f} | {r:.2f}x |")
+    print_table(rows, dtype)
     return 0
 
 

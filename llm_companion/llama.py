@@ -26,6 +26,7 @@ from torch import nn
 
 from .gguf_file import GGUFContents, GGUFError, read_gguf
 from .kernels import linear
+from .model import num_parameters
 
 
 class LlamaConfigError(ValueError):
@@ -357,8 +358,7 @@ class LlamaModel(nn.Module):
 
     def num_parameters(self, *, exclude_tied: bool = True) -> int:
         """Parameter count; a tied embedding/head matrix is counted once."""
-        params = self.parameters() if exclude_tied else (p for _, p in self.named_parameters(remove_duplicate=False))
-        return sum(p.numel() for p in params)
+        return num_parameters(self, exclude_tied=exclude_tied)
 
 
 # --------------------------------------------------------------------------------------------- GGUF

@@ -43,6 +43,12 @@ class TransformerBlock(nn.Module):
         return x
 
 
+def num_parameters(model: nn.Module, *, exclude_tied: bool = True) -> int:
+    """Parameters of ``model``; with ``exclude_tied`` a tensor shared by two modules (a tied head) counts once."""
+    params = model.parameters() if exclude_tied else (p for _, p in model.named_parameters(remove_duplicate=False))
+    return sum(p.numel() for p in params)
+
+
 class GPTModel(nn.Module):
     """A GPT-2-style decoder-only transformer. ``forward(idx)`` maps token ids (B, T) to logits (B, T, V)."""
 
@@ -104,5 +110,4 @@ class GPTModel(nn.Module):
 
     def num_parameters(self, *, exclude_tied: bool = True) -> int:
         """Parameter count; a tied embedding/head matrix is counted once."""
-        params = self.parameters() if exclude_tied else (p for _, p in self.named_parameters(remove_duplicate=False))
-        return sum(p.numel() for p in params)
+        return num_parameters(self, exclude_tied=exclude_tied)
