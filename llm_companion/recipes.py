@@ -96,8 +96,8 @@ class Recipe:
 # data-limited: the 50,257-way head costs most of every step, so a deeper or wider shape pays per token
 # for capacity this budget cannot use, and the interim run's loss (same shape) was still falling 0.06 per
 # 0.5M tokens at its end. So the recipe keeps gpt-mini and its proven settings and spends the budget on
-# tokens: 4,500 steps (9.2M tokens, 1.5x the interim's 6.1M) take ~88 min at the interim run's measured
-# 1.18 s/step on 2 idle cores (its 3,533 s for 3,000 steps, evaluation and checkpoints included).
+# tokens: 4,500 steps (9.2M tokens, 1.5x the interim's 6.1M) take ~93 min at the 1.22 s/step measured
+# for this recipe on 2 idle cores (trials of 50 and 150 steps: 70 s and 192 s; the interim run had 1.18).
 BOOKS = Recipe(
     name="books",
     corpus="books",
@@ -105,7 +105,8 @@ BOOKS = Recipe(
                qkv_bias=True, tie_weights=True),
     steps=4500, batch_size=8, lr=2e-3, warmup_steps=300, min_lr=2e-4,
     note=("gpt-mini (4 layers x 192) at 1.5x the interim stand-in's tokens: the budget is data-limited; "
-          "projected ~88 min on 2 idle cores, validation loss ~4.2 (interim 4.41 at 6.1M tokens)"),
+          "projected ~93 min on 2 idle cores (1.22 s/step measured 2026-12-02), "
+          "validation loss ~4.2 (interim 4.41 at 6.1M tokens)"),
 )
 RECIPES: dict[str, Recipe] = {"books": BOOKS}
 
