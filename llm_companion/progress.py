@@ -31,7 +31,7 @@ class _FinalLineTqdm(_std_tqdm):
         kwargs.setdefault("mininterval", 3600.0)
         kwargs.setdefault("ascii", False)
         kwargs.setdefault("dynamic_ncols", False)
-        kwargs.setdefault("ncols", 100)
+        kwargs.setdefault("ncols", 78)  # the book's output boxes are ~80 columns wide
         super().__init__(*args, **kwargs)
 
     def close(self):
