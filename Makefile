@@ -14,7 +14,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: book test install data chromium graphviz unit fast lint notebooks notebooks-gpt2 clean help
+MATHJAX_SRC ?= /usr/share/javascript/mathjax
+MATHJAX_DST := book/_static/mathjax
+
+.PHONY: book test install data chromium graphviz mathjax unit fast lint notebooks notebooks-gpt2 clean help
 
 help:
 	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
@@ -47,10 +50,25 @@ graphviz:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
 	  else echo "Install Debian's graphviz (sudo apt-get install graphviz) to draw the book's diagrams"; exit 1; fi; }
 
-book: data graphviz
+# Debian's MathJax 2 (libjs-mathjax), the part the pages use (~3 MB), copied next to the site's static files so
+# that formulas render offline; without it book/_static/mathjax-loader.js falls back to a CDN.
+mathjax:
+	@test -f $(MATHJAX_DST)/MathJax.js || { \
+	  if [ ! -f $(MATHJAX_SRC)/MathJax.js ] && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjs-mathjax >/dev/null; fi; \
+	  if [ -f $(MATHJAX_SRC)/MathJax.js ]; then \
+	    mkdir -p $(MATHJAX_DST)/config $(MATHJAX_DST)/jax/output $(MATHJAX_DST)/fonts/HTML-CSS/TeX && \
+	    cp -rL $(MATHJAX_SRC)/MathJax.js $(MATHJAX_SRC)/extensions $(MATHJAX_DST)/ && \
+	    cp -L $(MATHJAX_SRC)/config/TeX-AMS_CHTML-full.js $(MATHJAX_DST)/config/ && \
+	    cp -rL $(MATHJAX_SRC)/jax/input $(MATHJAX_SRC)/jax/element $(MATHJAX_DST)/jax/ && \
+	    cp -rL $(MATHJAX_SRC)/jax/output/CommonHTML $(MATHJAX_DST)/jax/output/ && \
+	    cp -rL $(MATHJAX_SRC)/fonts/HTML-CSS/TeX/woff $(MATHJAX_DST)/fonts/HTML-CSS/TeX/; \
+	  else echo "No local MathJax (sudo apt-get install libjs-mathjax): the site's formulas will load MathJax from a CDN"; fi; }
+
+book: data graphviz mathjax
 	$(VENV)/bin/jupyter-book build . -W
 
-unit: data chromium
+unit: data chromium mathjax
 	$(PY) -m pytest tests
 
 # The quick inner loop: no test marked slow (> ~5 s) or browser (needs Chromium and a built site).

@@ -156,3 +156,21 @@ def test_chapter_one_has_figures_and_collapsed_solutions(server, browser):
     exercise_titles = page.locator(".exercise .admonition-title").all_inner_texts()
     assert len(exercise_titles) >= 3 and all("Exercise" in t for t in exercise_titles)
     page.close()
+
+
+def test_formulas_are_typeset_offline(server, browser):
+    """MathJax comes from the copy `make mathjax` puts beside the static files, not from the web: in this
+    headless browser nothing outside the test server can load, so typeset formulas prove the local copy works."""
+    if not (ROOT / "book/_static/mathjax/MathJax.js").is_file():
+        pytest.fail("book/_static/mathjax/ is missing: run `make mathjax` (it copies Debian's libjs-mathjax)")
+    page = browser.new_page()
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "data:")) else None)
+    page.goto(f"{server}/chapters/08_modern_llm.html", wait_until="load")
+    page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0 "
+                           "&& document.querySelectorAll('.MathJax_CHTML').length > 0", timeout=30_000)
+    untypeset = page.eval_on_selector_all(
+        "span.math, div.math", "els => els.filter(e => !e.querySelector('.MathJax_CHTML')).length")
+    assert untypeset == 0, f"{untypeset} formulas were left as LaTeX source"
+    assert not outside, f"the page loaded from outside the site: {outside[:3]}"
+    page.close()
