@@ -167,6 +167,35 @@ def test_kv_cache_gives_the_logits_of_a_full_pass_and_grows():
     torch.testing.assert_close(last, full[:, 24:25], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
+def test_one_token_decode_step_equals_the_general_path(dtype, tol):
+    # under inference mode a one-token step with a cache takes decode_step; it must compute what forward does
+    model = random_llama(tiny_config(50)).to(dtype)
+    ids = torch.randint(0, 50, (2, 30))
+    with torch.no_grad():
+        full = model(ids).float()
+        cache = LlamaKVCache(model.cfg, 2, initial_len=4, dtype=dtype)  # grows inside decode steps too
+        steps = [model(ids[:, :5], cache)] + [model(ids[:, t:t + 1], cache) for t in range(5, 30)]
+    torch.testing.assert_close(torch.cat(steps, dim=1).float(), full, atol=tol, rtol=tol)
+    assert cache.length == 30 and cache.capacity >= 30
+    with torch.no_grad():
+        direct = model.decode_step(ids[:, :1], model.new_cache(2))
+    torch.testing.assert_close(direct.float(), full[:, :1], atol=tol, rtol=tol)
+
+
+def test_decode_step_is_the_path_inference_takes_and_training_does_not(monkeypatch):
+    model = random_llama(tiny_config(50))
+    calls = []
+    real = LlamaModel.decode_step
+    monkeypatch.setattr(LlamaModel, "decode_step", lambda self, idx, cache: calls.append(1) or real(self, idx, cache))
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), cache)   # a prompt: the general path
+        model(torch.tensor([[4]]), cache)         # one token: the decode step
+    model(torch.tensor([[5]]), cache)             # autograd on: the general path (decode_step has no backward)
+    assert len(calls) == 1 and cache.length == 5
+
+
 def test_context_overflow_is_a_clear_error():
     model = random_llama(tiny_config(50))
     with pytest.raises(ValueError, match="context_length is 96"):
