@@ -42,7 +42,7 @@ def row_split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return y.reshape(*x.shape[:-1], n_out)
 
 
-_measured: dict[tuple[int, int, int], bool] = {}  # (n_out, n_in, threads) → split was faster
+_measured: dict[tuple[torch.Size, int], bool] = {}  # (weight shape, threads) → split was faster
 
 
 def _split_is_faster(x: torch.Tensor, weight: torch.Tensor, rounds: int = 3) -> bool:
@@ -67,17 +67,21 @@ def use_row_split(x: torch.Tensor, weight: torch.Tensor) -> bool:
     (measured: the split is slower there). Where it may pay, the answer is measured once per weight shape
     (see the module's docstring) unless ``LLM_COMPANION_ROW_SPLIT`` forces it.
     """
-    if not (x.device.type == "cpu" and not torch.is_grad_enabled() and x.numel() == x.shape[-1]
-            and x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.is_contiguous()
-            and torch.get_num_threads() >= 2):
+    # cheapest tests first: a decoding step asks this ~200 times
+    if (x.numel() != x.shape[-1] or torch.is_grad_enabled() or x.dtype != torch.float32
+            or weight.dtype != torch.float32 or x.device.type != "cpu" or not weight.is_contiguous()):
         return False
-    forced = os.environ.get("LLM_COMPANION_ROW_SPLIT", "auto")
-    if forced in ("0", "1"):
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return False
+    forced = os.environ.get("LLM_COMPANION_ROW_SPLIT")
+    if forced == "0" or forced == "1":
         return forced == "1"
-    key = (*weight.shape, torch.get_num_threads())
-    if key not in _measured:
-        _measured[key] = _split_is_faster(x, weight)
-    return _measured[key]
+    key = (weight.shape, threads)
+    choice = _measured.get(key)
+    if choice is None:
+        choice = _measured[key] = _split_is_faster(x, weight)
+    return choice
 
 
 class RowSplitLinear(nn.Linear):
@@ -96,7 +100,8 @@ def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     its layers. Wrapped layers (LoRA adapters, other subclasses) run their own ``forward``.
     """
     if type(layer) is nn.Linear:  # called directly: a decoding step makes hundreds of these calls
-        if use_row_split(x, layer.weight):
-            return row_split_linear(x, layer.weight, layer.bias)
-        return F.linear(x, layer.weight, layer.bias)
+        weight, bias = layer.weight, layer.bias   # (each module attribute is a dictionary lookup)
+        if use_row_split(x, weight):
+            return row_split_linear(x, weight, bias)
+        return F.linear(x, weight, bias)
     return layer(x)

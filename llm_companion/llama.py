@@ -384,7 +384,7 @@ class LlamaModel(nn.Module):
             return torch.addcmul(x * cos, torch.cat([x[..., half:], x[..., :half]], dim=-1), sin)
 
         cache.reserve(pos + 1)
-        x = self.tok_emb(idx)                                                    # (B, 1, C)
+        x = self.tok_emb(idx[:, 0])                                              # (B, C): 2-D saves reshapes
         for i, block in enumerate(self.blocks):
             attn = block.attn
             h = block.attn_norm(x)
@@ -393,10 +393,10 @@ class LlamaModel(nn.Module):
             cache.v[i, :, :, pos] = linear(h, attn.v).view(B, KV, hd)
             out = F.scaled_dot_product_attention(                                # (B, KV, group, hd)
                 q.view(B, KV, attn.group, hd), cache.k[i, :, :, :pos + 1], cache.v[i, :, :, :pos + 1])
-            x = x + linear(out.reshape(B, 1, H * hd), attn.o)
+            x = x + linear(out.view(B, H * hd), attn.o)
             x = x + block.ffn(block.ffn_norm(x))
         cache.length += 1
-        return linear(self.final_norm(x), self.out_head)                        # (B, 1, V)
+        return linear(self.final_norm(x), self.out_head)[:, None]               # (B, 1, V)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> LlamaKVCache:
         """An empty KV cache for this model, on its device and in its dtype."""
