@@ -167,9 +167,14 @@ def test_kv_cache_gives_the_logits_of_a_full_pass_and_grows():
     torch.testing.assert_close(last, full[:, 24:25], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
-def test_one_token_decode_step_equals_the_general_path(dtype, tol):
-    # under inference mode a one-token step with a cache takes decode_step; it must compute what forward does
+@pytest.mark.parametrize("dtype, tol, script, row_split", [
+    (torch.float32, 1e-5, "1", "0"), (torch.float32, 1e-5, "0", "0"), (torch.float32, 1e-5, "1", "1"),
+    (torch.bfloat16, 5e-2, "1", "0")])
+def test_one_token_decode_step_equals_the_general_path(dtype, tol, script, row_split, monkeypatch):
+    # under inference mode a one-token step with a cache takes decode_step; it must compute what forward does,
+    # compiled by TorchScript or not, with the row-split products or not (B=2 never splits: the B=1 check below)
+    monkeypatch.setenv("LLM_COMPANION_TORCHSCRIPT", script)
+    monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", row_split)
     model = random_llama(tiny_config(50)).to(dtype)
     ids = torch.randint(0, 50, (2, 30))
     with torch.no_grad():
@@ -180,7 +185,42 @@ def test_one_token_decode_step_equals_the_general_path(dtype, tol):
     assert cache.length == 30 and cache.capacity >= 30
     with torch.no_grad():
         direct = model.decode_step(ids[:, :1], model.new_cache(2))
+        one = LlamaKVCache(model.cfg, 1, initial_len=4, dtype=dtype)
+        single = [model(ids[:1, t:t + 1], one) for t in range(12)]
     torch.testing.assert_close(direct.float(), full[:, :1], atol=tol, rtol=tol)
+    torch.testing.assert_close(torch.cat(single, dim=1).float(), full[:1, :12], atol=tol, rtol=tol)
+
+
+def test_decode_layers_run_as_torchscript():
+    # the speed of decoding rests on it (benchmarks/README.md): a fallback to Python must not go unnoticed
+    from llm_companion import llama
+
+    assert isinstance(llama._decode_function(), torch.jit.ScriptFunction)
+
+
+def test_decode_step_notices_replaced_layers_and_weights():
+    # decode_step caches the weights it reads; replacing a weight or wrapping a layer must not go unseen
+    from llm_companion.lora import apply_lora
+
+    model = random_llama(tiny_config(50))
+    ids = torch.randint(0, 50, (1, 9))
+
+    def last_step_logits(m):
+        with torch.no_grad():
+            cache = m.new_cache(1)
+            m(ids[:, :-1], cache)
+            return m(ids[:, -1:], cache)[:, -1]
+
+    last_step_logits(model)  # fills the cache of weights
+    other = random_llama(tiny_config(50), seed=1)
+    model.load_state_dict(other.state_dict(), assign=True)   # every parameter replaced by a new tensor
+    torch.testing.assert_close(last_step_logits(model), other(ids)[:, -1], atol=1e-5, rtol=1e-5)
+    apply_lora(model, rank=2, alpha=4)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            with torch.no_grad():
+                p.normal_(0.0, 0.5)  # a non-zero adapter, so that ignoring it would change the logits
+    torch.testing.assert_close(last_step_logits(model), model(ids)[:, -1], atol=1e-5, rtol=1e-5)
 
 
 def test_decode_step_is_the_path_inference_takes_and_training_does_not(monkeypatch):
