@@ -12,8 +12,8 @@ What changes from GPT-2 (:mod:`llm_companion.model`), one piece at a time:
 
 ``LlamaModel`` speaks the same protocol as ``GPTModel`` (``forward(idx, cache, last_only=...)``,
 ``new_cache``, ``cfg.context_length``), so :func:`llm_companion.generation.generate` runs both. One-token
-steps with a cache and autograd off go through :meth:`LlamaModel.decode_step`, the same arithmetic in fewer
-ops (decoding repeats it for every token).
+steps with a cache and autograd off go through :meth:`LlamaModel.decode_step`: the same arithmetic as one
+TorchScript function of tensors (:func:`decode_layers`), because decoding repeats it for every token.
 :func:`load_llama_gguf` fills one from a llama.cpp GGUF file (e.g. SmolLM2-135M-Instruct in Q4_1).
 """
 from __future__ import annotations
@@ -520,8 +520,9 @@ def _decode_function():
     """:func:`decode_layers`, compiled by ``torch.jit.script`` once per process (about a second).
 
     TorchScript runs the ~600 small ops of a step without Python's per-op overhead: measured on the book's
-    2-core machine, 26 against 27.5 ms per SmolLM2 token for the same function in Python. Where scripting is
-    unavailable or fails, or ``LLM_COMPANION_TORCHSCRIPT=0``, the Python function runs (the same results).
+    2-core machine, 26.8 against 27.9 ms per SmolLM2 token (generation included) for the same function in
+    Python. Where scripting is unavailable or fails (it needs the ``.py`` source), or with
+    ``LLM_COMPANION_TORCHSCRIPT=0``, the Python function runs, with the same results.
     """
     if os.environ.get("LLM_COMPANION_TORCHSCRIPT") == "0":
         return decode_layers
