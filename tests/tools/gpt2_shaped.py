@@ -6,6 +6,9 @@ nbval executes each chapter in the quick profile. The committed notebooks are ex
 weights are random, so the chapters see *unverified local GPT-2 files* of the real size and cost: what must
 hold is that every chapter runs, that no checked cell depends on which weights loaded, and that each chapter
 stays within its time budget on GPT-2 small. ``make notebooks-gpt2`` runs this; ``.ci/run`` after ``make test``.
+Chapters 6 and 7 save their classifier and assistant under ``models/``; what this run saves there is tuned
+from random weights, so the folders are put back as they were afterwards (chapter 8 and the ``chat``
+command use the assistant).
 
     python tests/tools/gpt2_shaped.py [--weights-dir DIR] [--budget 300] [chapters/05_….ipynb …]
 
@@ -45,6 +48,24 @@ def write_random_gpt2(root: Path, size: str = "124M", seed: int = 0) -> Path:
     return export_tf_checkpoint(model, folder)
 
 
+def set_aside(folders: list[Path], keep: Path) -> dict[Path, Path]:
+    """Move the existing ``folders`` into ``keep``; return where each went (to :func:`put_back`)."""
+    moved = {}
+    for folder in folders:
+        if folder.exists():
+            moved[folder] = keep / folder.name
+            shutil.move(str(folder), str(moved[folder]))
+    return moved
+
+
+def put_back(folders: list[Path], moved: dict[Path, Path]) -> None:
+    """Delete what the run saved in ``folders`` and restore the ones :func:`set_aside` moved."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder in moved:
+            shutil.move(str(moved[folder]), str(folder))
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -61,7 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict-budget", action="store_true", help="fail a chapter that runs over --budget")
     args = p.parse_args(argv)
 
+    from llm_companion.artifacts import models_dir
+    from llm_companion.chat import default_assistant_dir
+    from llm_companion.classification import classifier_dir
+
     root = args.weights_dir or Path(tempfile.mkdtemp(prefix="gpt2-shaped-"))
+    saved_by_chapters = [classifier_dir(), default_assistant_dir()]
+    models_dir().mkdir(parents=True, exist_ok=True)
+    keep = Path(tempfile.mkdtemp(prefix=".gpt2-shaped-kept-", dir=models_dir()))  # same disk: moves are renames
+    moved = set_aside(saved_by_chapters, keep)
     try:
         start = time.perf_counter()
         folder = write_random_gpt2(root)
@@ -85,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'  (over budget)' if over else ''}  loadavg {before} -> {after}")
         return 0 if all(ok for _, _, ok, *_ in results) else 1
     finally:
+        put_back(saved_by_chapters, moved)
+        shutil.rmtree(keep, ignore_errors=True)
         if args.weights_dir is None:
             shutil.rmtree(root, ignore_errors=True)
 
