@@ -26,20 +26,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def row_split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for a single row ``x`` (..., n_in) with ``numel == n_in``, as one ``bmm``
-    over the two halves of ``weight``'s rows. Always takes the split path (see :func:`use_row_split`)."""
-    n_out, n_in = weight.shape
+def row_split_product(row: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``row @ weight.T`` for one row (1, n_in) → (1, n_out), as one ``bmm`` over the two halves of
+    ``weight``'s rows. Plain tensor code that TorchScript compiles too (the Llama decoding step calls it)."""
+    n_out, n_in = weight.shape[0], weight.shape[1]
     half = n_out // 2
     # (2, n_in, 1) as the transpose of a row: with this (column-major) stride the CPU BLAS takes a path
     # about 4x faster than with the row-major (n_in, 1) view of the same numbers (measured)
-    v = x.reshape(1, n_in).t().expand(2, n_in, 1)
+    v = row.reshape(1, n_in).t().expand(2, n_in, 1)
     y = torch.bmm(weight[: 2 * half].view(2, half, n_in), v).reshape(1, 2 * half)   # (1, 2·half)
     if n_out % 2:  # an odd row count (GPT-2's 50,257-token head): the last row on its own
-        y = torch.cat([y, F.linear(x.reshape(1, n_in), weight[-1:])], dim=1)
+        y = torch.cat([y, torch.mm(row.reshape(1, n_in), weight[-1:].t())], dim=1)
+    return y
+
+
+def row_split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for a single row ``x`` (..., n_in) with ``numel == n_in``, through
+    :func:`row_split_product`. Always takes the split path (see :func:`use_row_split`)."""
+    y = row_split_product(x, weight)
     if bias is not None:
         y = y + bias
-    return y.reshape(*x.shape[:-1], n_out)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 _measured: dict[tuple[torch.Size, int], bool] = {}  # (weight shape, threads) → split was faster

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gguf_file import GGUFContents, GGUFError, read_gguf
-from .kernels import linear, use_row_split
+from .kernels import linear, row_split_product, use_row_split
 from .model import num_parameters
 
 
@@ -456,14 +456,8 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 def _product(x: torch.Tensor, weight: torch.Tensor, split: bool) -> torch.Tensor:
     """``x @ weight.T`` for rows ``x`` (B, n_in); ``split``: through the row-split kernel (one row only)."""
-    if split:  # kernels.row_split_linear, inlined so that TorchScript can compile it
-        n_out, n_in = weight.shape[0], weight.shape[1]
-        half = n_out // 2
-        y = torch.bmm(weight[: 2 * half].view(2, half, n_in), x.reshape(1, n_in).t().expand(2, n_in, 1))
-        y = y.reshape(1, 2 * half)
-        if n_out % 2:
-            y = torch.cat([y, torch.mm(x, weight[-1:].t())], dim=1)
-        return y
+    if split:
+        return row_split_product(x, weight)
     return torch.mm(x, weight.t())
 
 
