@@ -17,7 +17,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 MATHJAX_SRC ?= /usr/share/javascript/mathjax
 MATHJAX_DST := book/_static/mathjax
 
-.PHONY: book test install data chromium graphviz mathjax unit fast lint notebooks notebooks-gpt2 clean help
+.PHONY: book test install data chromium graphviz mathjax system unit fast lint notebooks notebooks-gpt2 clean help
 
 help:
 	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[book,test,tf]"
+	$(PY) -m pip install -q -e ".[book,test,tf,serve]"
 	@touch $@
 
 install: $(STAMP)
@@ -65,10 +65,15 @@ mathjax:
 	    cp -rL $(MATHJAX_SRC)/fonts/HTML-CSS/TeX/woff $(MATHJAX_DST)/fonts/HTML-CSS/TeX/; \
 	  else echo "No local MathJax (sudo apt-get install libjs-mathjax): the site's formulas will load MathJax from a CDN"; fi; }
 
-book: data graphviz mathjax
+# The Debian packages the book and its tests use, installed only where missing (root runs apt-get).
+system: graphviz chromium mathjax
+
+book: data graphviz chromium mathjax
 	$(VENV)/bin/jupyter-book build . -W
 
-unit: data chromium mathjax
+# every Debian tool a test calls is a prerequisite here (tests/test_makefile.py checks it): the site test
+# draws diagrams with `dot` and opens pages in `chromium`; formulas need the local MathJax copy.
+unit: data graphviz chromium mathjax
 	$(PY) -m pytest tests
 
 # The quick inner loop: no test marked slow (> ~5 s) or browser (needs Chromium and a built site).

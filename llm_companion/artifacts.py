@@ -590,6 +590,11 @@ class PublishedStandin:
 # models/ that is not listed here is never used. Publishing a stand-in = adding its line ABOVE the ones it
 # supersedes (e.g. a later standin-books-<recipe id> from `llm-companion pretrain --recipe books`).
 PUBLISHED_STANDINS: tuple[PublishedStandin, ...] = (
+    # the books recipe (`llm-companion pretrain --recipe books`, id 8aa4a3f6af86): validation loss 4.222
+    PublishedStandin("standin-books-8aa4a3f6af86",
+                     "1d4f28a144b23c56be66c3cf8a95cf7673c3001056678168079a633017b5f370",
+                     "254 Project Gutenberg books"),
+    # the interim one (validation loss 4.41), used only where the recipe's folder is absent
     PublishedStandin("books-gpt-mini-v0", "12529023c477727759f00d429f3fed3365f3e08167f8216883c39d89849e3de4",
                      "254 Project Gutenberg books"),  # the mirror's corpora/gutenberg_en_*.tar.xz; see its SOURCES.md
 )

@@ -65,6 +65,8 @@ KNOWN_JS_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """Build the book with -W into a temporary folder, notebooks not re-executed; return the HTML root."""
+    if shutil.which("dot") is None:  # fail at once, naming the fix, instead of 15 Sphinx errors
+        pytest.fail("Graphviz's `dot` is not installed: `make graphviz` (a prerequisite of `make test`) installs it")
     tmp = tmp_path_factory.mktemp("site")
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
@@ -96,6 +98,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed: `make chromium` (a prerequisite of `make test`) installs it")
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

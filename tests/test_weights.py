@@ -8,6 +8,7 @@ entries are patched to the tiny files' hashes.
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ HPARAMS = {"n_vocab": 96, "n_ctx": 32, "n_embd": 128, "n_head": 2, "n_layer": 2}
 CFG = config_from_hparams(HPARAMS)
 WEIGHT_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
 REAL_PINS = artifacts.PUBLISHED_STANDINS  # before any test patches it
+REAL_MIRROR_ENV = os.environ.get(artifacts.MIRROR_ENV, "")  # as `make test` and CI set it, before the sandbox
 
 
 def tiny(seed: int) -> GPTModel:
@@ -184,18 +186,40 @@ def test_published_standins_are_well_formed():
         assert len(p.sums_sha256) == 64 and int(p.sums_sha256, 16) >= 0 and p.trained_on
 
 
-_BOOKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models" / "books-gpt-mini-v0"
+def _mirror_with(folder: str) -> Path | None:
+    """The first mirror named by LLM_COMPANION_MIRROR (as CI and `make test` set it) holding models/<folder>."""
+    mirrors = [Path(p) for p in REAL_MIRROR_ENV.split(os.pathsep) if p.strip()]
+    return next((m for m in mirrors if (m / "models" / folder).is_dir()), None)
 
 
-@pytest.mark.skipif(not _BOOKS.is_dir(), reason="needs the shared mirror's models/books-gpt-mini-v0")
+@pytest.mark.parametrize("pin", REAL_PINS, ids=[p.folder for p in REAL_PINS])
 @pytest.mark.slow
-def test_the_mirrors_books_standin_matches_its_pin(sandbox, monkeypatch):
-    monkeypatch.setenv("LLM_COMPANION_MIRROR", str(_BOOKS.parents[1]))
+def test_each_published_standin_in_the_mirror_matches_its_pin(pin, sandbox, monkeypatch):
+    mirror = _mirror_with(pin.folder)
+    if mirror is None:
+        pytest.skip(f"no folder in LLM_COMPANION_MIRROR={REAL_MIRROR_ENV!r} "
+                    f"holds models/{pin.folder}")
+    only = sandbox["tmp"] / "only"  # a mirror holding just this one stand-in
+    (only / "models").mkdir(parents=True)
+    (only / "models" / pin.folder).symlink_to(mirror / "models" / pin.folder)
+    monkeypatch.setenv("LLM_COMPANION_MIRROR", str(only))
     monkeypatch.setattr(artifacts, "PUBLISHED_STANDINS", REAL_PINS)
     model, info = load_pretrained()
-    assert info.name == "books-gpt-mini-v0" and info.config.context_length == 256
-    assert "254 Project Gutenberg books" in info.describe() and "validation loss 4.41" in info.describe()
+    metrics = json.loads((mirror / "models" / pin.folder / "metrics.json").read_text())
+    assert info.name == pin.folder and info.config.context_length == 256
+    assert pin.trained_on in info.describe() and f"validation loss {metrics['val_loss']:.2f}" in info.describe()
     assert info.n_params == model.num_parameters() and not sandbox["calls"]
+
+
+@pytest.mark.slow
+def test_the_recipes_standin_is_preferred_to_the_interim_one(sandbox, monkeypatch):
+    both = [_mirror_with(p.folder) for p in REAL_PINS]
+    if None in both:
+        pytest.skip("LLM_COMPANION_MIRROR does not hold every published stand-in")
+    monkeypatch.setenv("LLM_COMPANION_MIRROR", os.pathsep.join(str(m) for m in dict.fromkeys(both)))
+    monkeypatch.setattr(artifacts, "PUBLISHED_STANDINS", REAL_PINS)
+    assert REAL_PINS[0].folder == "standin-books-8aa4a3f6af86"
+    assert load_pretrained()[1].name == "standin-books-8aa4a3f6af86"
 
 
 # ------------------------------------------------------------------------------- the reader's own files
