@@ -9,7 +9,6 @@ the chapter can compare them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -23,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .artifacts import models_dir, project_home
 from .config import GPTConfig
+from .losses import evaluate, evaluating
 from .model import GPTModel
 from .tokenizer import encode_text
-from .training import evaluate, evaluating
 
 PAD_TOKEN_ID = 50256          # GPT-2's <|endoftext|>, used for padding as in the reference book
 POOLINGS = ("last_real", "last", "first")
@@ -433,15 +432,3 @@ def classify(text: str, model: GPTClassifier | None = None, *, model_dir: str | 
     k = int(probs.argmax())
     return model.labels[k], float(probs[k])
 
-
-# --------------------------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text", help="the message to classify (quote it)")
-    p.add_argument("--model", metavar="DIR", default=None,
-                   help="folder of a saved classifier (default: models/spam-classifier)")
-
-
-def main(args: argparse.Namespace) -> int:
-    label, prob = classify(args.text, model_dir=args.model)
-    print(f"{label} (probability {prob:.3f})")
-    return 0

@@ -386,13 +386,3 @@ def response_table(records: Sequence[dict], *, key: str = "model_response", n: i
         "response": [cut(r[key]) for r in rows],
         "rouge_l": [round(s, 3) for s in scores],
     })
-
-
-def __getattr__(name: str):
-    # Chapter 7 once imported the judge from here; it lives in llm_companion.judge now. Resolved lazily:
-    # the judge builds on this module (format_input), so a top-level import would be circular.
-    if name in ("OLLAMA_URL", "OllamaUnavailable", "query_ollama", "JUDGE_PROMPT", "judge_responses"):
-        from . import judge
-
-        return getattr(judge, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

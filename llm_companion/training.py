@@ -43,7 +43,7 @@ from .checkpoint import (
     save_checkpoint,
     set_generator_state,
 )
-from .losses import calc_loss_batch
+from .losses import default_loss, evaluate, evaluating, to_device
 from .progress import progress
 
 
@@ -178,23 +178,6 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return cfg.max_steps if by_epochs is None else min(cfg.max_steps, by_epochs)
 
 
-def default_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Next-token cross-entropy on an ``(input, target)`` batch."""
-    inp, tgt = batch[0], batch[1]
-    return calc_loss_batch(inp, tgt, model)
-
-
-def to_device(batch, device: torch.device):
-    """Move every tensor in a (nested) tuple/list/dict batch to ``device``."""
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
 def _first_tensor(batch) -> torch.Tensor | None:
     if torch.is_tensor(batch):
         return batch
@@ -231,41 +214,6 @@ def _due(every: int | None, step: int, epoch_ended: bool) -> bool:
     if every is None:
         return False
     return epoch_ended if every == 0 else step % every == 0
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode (no dropout) for the block, then restore the mode it had.
-
-    Only the mode: gradients are the caller's choice (``torch.no_grad()``/``inference_mode()``).
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, loss_fn: Callable | None = None, num_batches: int | None = None, *,
-             device: torch.device | str | None = None, bf16: bool = False) -> float:
-    """Mean ``loss_fn`` over the first ``num_batches`` batches of ``loader`` in eval mode (nan if empty).
-
-    Under torch.distributed the result is averaged over all processes.
-    """
-    loss_fn = loss_fn or default_loss
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    total, n = 0.0, 0
-    with evaluating(model):
-        for i, batch in enumerate(loader):
-            if num_batches is not None and i >= num_batches:
-                break
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                total += float(loss_fn(model, to_device(batch, device)))
-            n += 1
-    mean = total / n if n else float("nan")
-    return distributed.all_reduce_mean(mean)
 
 
 # --------------------------------------------------------------------------------------------- train

@@ -216,12 +216,3 @@ def test_response_table():
     assert list(df.columns) == ["instruction", "input", "reference", "response", "rouge_l"]
     assert df["rouge_l"].tolist() == [1.0, 0.0]
     assert df["instruction"][1] == "x" * 9 + "…"
-
-
-def test_the_judge_names_chapter_7_imported_from_instruct_still_resolve():
-    import llm_companion.instruct as instruct
-    import llm_companion.judge as judge
-
-    assert instruct.judge_responses is judge.judge_responses and instruct.OllamaUnavailable is judge.OllamaUnavailable
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        instruct.nope  # noqa: B018
