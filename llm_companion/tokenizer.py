@@ -3,14 +3,16 @@
 ``SimpleTokenizer`` is the tokenizer Chapter 1 derives: split text with a regular expression, give every
 distinct token an id, and map words outside the vocabulary to ``<|unk|>``. ``gpt2_tokenizer()`` is the real
 thing: tiktoken's ``gpt2`` encoding, built from the verified ``encoder.json``/``vocab.bpe`` files of the data
-layer, so it never depends on tiktoken's own download.
+layer, so it never depends on tiktoken's own download. :func:`decode_stream` turns generated token ids
+back into text that is safe to print while it streams (one character may span two byte-level tokens).
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import os
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Literal
 
@@ -133,6 +135,63 @@ def encode_text(tokenizer, text: str, *, endoftext_is_special: bool = False) -> 
         return tokenizer.encode(text, allowed_special={ENDOFTEXT})
     return tokenizer.encode(text, disallowed_special=())
 
+
+
+def token_bytes(tokenizer, token: int) -> bytes:
+    """The bytes of one token: byte-level BPE tokens are byte strings, not always whole characters."""
+    try:
+        return tokenizer.decode_single_token_bytes(token)
+    except AttributeError:  # a tokenizer without byte-level access (the teaching SimpleTokenizer)
+        return tokenizer.decode([token]).encode("utf-8")
+
+
+def decode_stream(tokens: Iterable[int], tokenizer, *, stops: tuple[str, ...] = ()) -> Iterator[str]:
+    """Turn a stream of token ids into text pieces that are safe to print as they come.
+
+    GPT-2 tokens are byte sequences and one character may span two tokens, so bytes go through an
+    incremental UTF-8 decoder: half a character is held back until its other half arrives. Text that may be
+    the start of a stop marker (a new section such as ``### Instruction:``) is held back too; the text ends at a
+    complete marker (the generator is then closed, which ends generation). Leading and trailing whitespace
+    is dropped.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending, started = "", False
+    tokens = iter(tokens)
+    try:
+        for tok in tokens:
+            pending += decoder.decode(token_bytes(tokenizer, tok))
+            if not started:
+                pending = pending.lstrip()
+                started = bool(pending)
+            cut = min((p for p in (pending.find(m) for m in stops) if p != -1), default=-1)
+            if cut != -1:
+                if pending[:cut].rstrip():
+                    yield pending[:cut].rstrip()
+                return
+            # hold back a possible marker start and the whitespace before it: an answer that ends there
+            # must not end with a stray newline
+            head = pending[:len(pending) - _marker_prefix_len(pending, stops)].rstrip()
+            if head:
+                yield head
+                pending = pending[len(head):]
+        pending += decoder.decode(b"", final=True)
+        if pending.strip():
+            yield pending.strip() if not started else pending.rstrip()
+    finally:
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()
+
+
+def _marker_prefix_len(text: str, markers: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that is the start of one of ``markers``."""
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(text)), best, -1):
+            if text.endswith(m[:n]):
+                best = n
+                break
+    return best
 
 @functools.lru_cache(maxsize=1)
 def gpt2_tokenizer() -> tiktoken.Encoding:
