@@ -26,6 +26,7 @@ from .llama import load_llama_gguf
 from .smollm2 import SMOLLM2_NAMES, load_smollm2
 from .tokenizer import gguf_tokenizer, gpt2_tokenizer, token_bytes
 
+
 class ModelNotFound(FileNotFoundError):
     """A ``--model`` that names no model this command can load."""
 
