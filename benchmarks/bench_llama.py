@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_model import interleaved, print_table  # noqa: E402  (the GPT benchmark's interleaving and table)
 
+from llm_companion.fast import decoder  # noqa: E402
 from llm_companion.generation import generate  # noqa: E402
 from llm_companion.llama import weight_bytes_per_token  # noqa: E402
 from llm_companion.smollm2 import encode_chat, load_smollm2  # noqa: E402
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         @torch.inference_mode()
         def ours_prefill():
-            ours(x, ours.new_cache(1), last_only=True)
+            decoder(ours)(x, ours.new_cache(1))  # the fast path generate(fast=True) takes
 
         @torch.inference_mode()
         def hf_prefill():  # what HF's generate() does for the prompt: fill the cache, keep the last logits
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.tensor([encode_chat(tok, "What is the capital of France?")])
 
         def ours_decode():
-            return generate(ours, x, args.new)
+            return generate(ours, x, args.new, fast=True)
 
         def hf_decode():
             return hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.new,

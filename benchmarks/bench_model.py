@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from llm_companion import GPTConfig, generate
 from llm_companion.convert import model_from_hf_state_dict
+from llm_companion.fast import decoder
 
 
 def build_models(cfg: GPTConfig, attn: str):
@@ -64,7 +65,7 @@ def prefill_fn(model, is_hf: bool, seq: int, bf16: bool, vocab: int) -> Callable
             if is_hf:  # what HF's generate() does for the prompt: fill the cache, keep the last logits
                 model(x, use_cache=True, logits_to_keep=1)
             else:
-                model(x, model.new_cache(1), last_only=True)
+                decoder(model)(x, model.new_cache(1))  # the fast path generate(fast=True) takes
     return run
 
 
@@ -76,7 +77,7 @@ def decode_fn(model, is_hf: bool, prompt: int, new: int, vocab: int) -> Callable
         if is_hf:
             return model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new,
                                   min_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0)
-        return generate(model, x, new)
+        return generate(model, x, new, fast=True)
     return run
 
 

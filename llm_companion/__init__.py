@@ -3,7 +3,7 @@
 Public names are re-exported here; each lives in the module named for its concept.
 """
 from .artifacts import fetch
-from .attention import KVCache, MultiHeadAttention
+from .attention import MultiHeadAttention
 from .chat import load_assistant, save_assistant
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .classification import GPTClassifier, classify, load_classifier, save_classifier
@@ -13,6 +13,7 @@ from .embeddings import GPTEmbedding
 from .generation import generate, generate_stream
 from .gguf_file import GGUFError, read_gguf
 from .instruct import InstructionCollator, InstructionDataset, format_prompt, load_instruction_data
+from .kv_cache import KVCache
 from .llama import LlamaConfig, LlamaModel, load_llama_gguf
 from .lora import apply_lora, load_lora, merge_lora, save_lora
 from .losses import calc_loss_batch, calc_loss_loader, perplexity

@@ -1,6 +1,6 @@
 """Causal multi-head self-attention with a KV cache.
 
-Two paths compute the same thing: the fast path calls ``F.scaled_dot_product_attention`` (fused kernels);
+Two paths compute the same thing: the default calls ``F.scaled_dot_product_attention`` (fused kernels);
 the explicit path spells out ``softmax(QKᵀ/√d + mask) V`` so the attention weights can be inspected.
 """
 from __future__ import annotations
@@ -12,32 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
-from .kernels import RowSplitLinear  # an nn.Linear with a faster one-row CPU path for decoding
-
-
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to ``max_len``.
-
-    Writing into a preallocated buffer (instead of ``torch.cat`` at every step) keeps decoding at one
-    small copy per layer and token.
-    """
-
-    def __init__(self, cfg: GPTConfig, batch_size: int, *, max_len: int | None = None,
-                 device=None, dtype=torch.float32):
-        self.max_len = max_len or cfg.context_length
-        shape = (cfg.n_layers, batch_size, cfg.n_heads, self.max_len, cfg.head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.length = 0  # tokens already stored (advanced by the model after all layers ran)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v`` (B, H, T, hd) after the cached ones; return all keys/values so far."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {end}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+from .kv_cache import KVCache
 
 
 class MultiHeadAttention(nn.Module):
@@ -47,31 +22,19 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.layer_idx = layer_idx
-        self.qkv = RowSplitLinear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)  # fused W_q | W_k | W_v
-        self.proj = RowSplitLinear(cfg.emb_dim, cfg.emb_dim)
+        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)  # fused W_q | W_k | W_v
+        self.proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
         self.attn_dropout = nn.Dropout(cfg.drop_rate)
         self.drop_p = cfg.drop_rate
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.use_sdpa = True  # set False to force the explicit path everywhere
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, return_weights: bool = False,
-                last_only: bool = False):
-        """Attention output (B, T, C) for ``x`` (B, T, C); with ``return_weights`` also the weights (B, H, T, T').
-
-        ``last_only`` returns the output of the last position only (B, 1, C) — keys and values are still
-        computed (and cached) for every position, but the other queries are skipped.
-        """
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, return_weights: bool = False):
+        """Attention output (B, T, C) for ``x`` (B, T, C); with ``return_weights`` also the weights (B, H, T, T')."""
         B, T, C = x.shape
-        if last_only and T > 1:
-            # keys/values for all positions, the query for the last one: rows of the fused weight are views
-            w, b = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])        # (B, 1, C)
-            k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
-        else:
-            q, k, v = self.qkv(x).split(C, dim=2)                              # 3 × (B, T, C)
-        Tq = q.shape[1]
-        q = q.view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)          # (B, H, Tq, hd)
-        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)           # (B, H, T, hd)
+        q, k, v = self.qkv(x).split(C, dim=2)                                  # 3 × (B, T, C)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)           # (B, H, T, hd)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         past = 0
         if cache is not None:
@@ -79,23 +42,20 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)                          # (B, H, past+T, hd)
 
         weights = None
-        drop = self.drop_p if self.training else 0.0
         if self.use_sdpa and not return_weights:
-            # One fused call per layer (few, large kernels: what a busy CPU with many threads handles best)
-            if past == 0 and Tq == T:
+            drop = self.drop_p if self.training else 0.0
+            if past == 0:  # no cached tokens: SDPA builds the causal mask itself
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=T > 1)
-            elif Tq == 1:  # one query at the end of the sequence (decoding, last_only) sees every key
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, past + T, x.device),
+            else:          # the T new queries are the last of past+T positions
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past + T, x.device),
                                                      dropout_p=drop)
         else:
-            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, Tq, past+T)
-            scores = scores.masked_fill(~causal_mask(Tq, past + T, x.device), float("-inf"))
+            scores = (q @ k.transpose(-2, -1)) * self.scale                   # (B, H, T, past+T)
+            scores = scores.masked_fill(~causal_mask(T, past + T, x.device), float("-inf"))
             weights = torch.softmax(scores, dim=-1)
-            out = self.attn_dropout(weights) @ v                               # (B, H, Tq, hd)
+            out = self.attn_dropout(weights) @ v                               # (B, H, T, hd)
 
-        out = out.transpose(1, 2).reshape(B, Tq, C)                            # (B, Tq, C)
+        out = out.transpose(1, 2).reshape(B, T, C)                             # (B, T, C)
         out = self.proj(out)
         return (out, weights) if return_weights else out
 

@@ -9,6 +9,17 @@ class ConfigError(ValueError):
     """An invalid model configuration."""
 
 
+def check_shape(cfg: Any, int_fields: tuple[str, ...], error: type[ValueError] = ConfigError) -> None:
+    """The checks every model config shares: positive integer sizes, and heads that split ``emb_dim`` evenly."""
+    for name in int_fields:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise error(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}")
+    if cfg.emb_dim % cfg.n_heads != 0:
+        raise error(f"emb_dim ({cfg.emb_dim}) must be divisible by n_heads ({cfg.n_heads}); "
+                    f"each head gets emb_dim // n_heads dimensions")
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     """Shape of a GPT-2-style decoder.
@@ -28,15 +39,7 @@ class GPTConfig:
     ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.emb_dim % self.n_heads != 0:
-            raise ConfigError(
-                f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads}); "
-                f"each head gets emb_dim // n_heads dimensions"
-            )
+        check_shape(self, ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"))
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
         if not self.ln_eps > 0.0:

@@ -2,7 +2,9 @@
 
 Prompts longer than the model's context keep their last ``context_length`` tokens; once a sequence grows
 past the context, each step sees the last ``context_length`` tokens (the cache is rebuilt for that window,
-so cached and uncached generation give the same tokens).
+so cached and uncached generation give the same tokens). By default every step runs the model's own
+``forward``; ``fast=True`` takes the speed paths of :mod:`llm_companion.fast` (same tokens, faster), which
+the chat, serving and evaluation commands use.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .fast import decoder
 from .training import evaluating
 
 
@@ -51,55 +54,59 @@ def next_token(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | N
 @torch.inference_mode()
 def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float,
                  top_k: int | None, top_p: float | None, eos_id: int | None, use_cache: bool,
-                 generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+                 generator: torch.Generator | None, fast: bool = False) -> Iterator[torch.Tensor]:
     _check_sampling(temperature, top_k, top_p)
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must be a non-empty (batch, tokens) tensor of ids, got shape {tuple(idx.shape)}")
     ctx = model.cfg.context_length
     with evaluating(model):
+        if fast:
+            step = decoder(model)
+        else:
+            def step(ids, cache):
+                return model(ids, cache, last_only=True)
+
         seq = idx[:, -ctx:]
         cache = model.new_cache(seq.shape[0]) if use_cache else None
-        logits = model(seq, cache, last_only=True)[:, -1]
+        logits = step(seq, cache)[:, -1]
         done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
-        for step in range(max_new_tokens):
+        for i in range(max_new_tokens):
             tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if eos_id is not None:
                 tok = tok.masked_fill(done[:, None], eos_id)  # finished rows keep emitting eos
                 done |= tok[:, 0] == eos_id
             yield tok
-            if (eos_id is not None and bool(done.all())) or step == max_new_tokens - 1:
+            if (eos_id is not None and bool(done.all())) or i == max_new_tokens - 1:
                 return
             seq = torch.cat([seq, tok], dim=1)
             if seq.shape[1] > ctx:  # window slides: positions change, so recompute it
                 seq = seq[:, -ctx:]
-                if use_cache:
-                    cache = model.new_cache(seq.shape[0])
-                    logits = model(seq, cache, last_only=True)[:, -1]
-                else:
-                    logits = model(seq, last_only=True)[:, -1]
-            elif use_cache:
-                logits = model(tok, cache, last_only=True)[:, -1]
+                cache = model.new_cache(seq.shape[0]) if use_cache else None
+                logits = step(seq, cache)[:, -1]
             else:
-                logits = model(seq, last_only=True)[:, -1]
+                logits = step(tok if use_cache else seq, cache)[:, -1]
 
 
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-             use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+             use_cache: bool = True, generator: torch.Generator | None = None, fast: bool = False,
+             ) -> torch.Tensor:
     """Extend ``idx`` (B, T) by up to ``max_new_tokens`` tokens; return prompt + new ids.
 
     ``temperature=0`` is greedy decoding (``top_k``/``top_p`` are then irrelevant). Generation stops early
     once every row has produced ``eos_id``. Prompts longer than the context keep their last
     ``context_length`` tokens for the model, but the returned tensor starts with the whole prompt.
+    ``fast=True`` computes the same logits through :mod:`llm_companion.fast`.
     """
     new = list(_token_steps(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            eos_id=eos_id, use_cache=use_cache, generator=generator))
+                            eos_id=eos_id, use_cache=use_cache, generator=generator, fast=fast))
     return torch.cat([idx, *new], dim=1) if new else idx
 
 
 def generate_stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-                    use_cache: bool = True, generator: torch.Generator | None = None) -> Iterator[int]:
+                    use_cache: bool = True, generator: torch.Generator | None = None, fast: bool = False,
+                    ) -> Iterator[int]:
     """Like :func:`generate` for one prompt (1, T), but yield each new token id as soon as it exists.
 
     The ``eos_id`` token itself is not yielded.
@@ -107,7 +114,7 @@ def generate_stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
     if idx.dim() != 2 or idx.shape[0] != 1:
         raise ValueError(f"generate_stream takes one prompt of shape (1, T), got {tuple(idx.shape)}")
     for tok in _token_steps(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            eos_id=eos_id, use_cache=use_cache, generator=generator):
+                            eos_id=eos_id, use_cache=use_cache, generator=generator, fast=fast):
         t = int(tok[0, 0])
         if eos_id is not None and t == eos_id:
             return

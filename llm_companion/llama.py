@@ -11,15 +11,14 @@ What changes from GPT-2 (:mod:`llm_companion.model`), one piece at a time:
 * no biases anywhere.
 
 ``LlamaModel`` speaks the same protocol as ``GPTModel`` (``forward(idx, cache, last_only=...)``,
-``new_cache``, ``cfg.context_length``), so :func:`llm_companion.generation.generate` runs both. One-token
-steps with a cache and autograd off go through :meth:`LlamaModel.decode_step`: the same arithmetic as one
-TorchScript function of tensors (:func:`decode_layers`), because decoding repeats it for every token.
-:func:`load_llama_gguf` fills one from a llama.cpp GGUF file (e.g. SmolLM2-135M-Instruct in Q4_1).
+``new_cache``, ``cfg.context_length``), so :func:`llm_companion.generation.generate` runs both, and both use
+one :class:`~llm_companion.kv_cache.KVCache`. :func:`load_llama_gguf` fills one from a llama.cpp GGUF file
+(e.g. SmolLM2-135M-Instruct in Q4_1). The faster decoding step that generation can opt into lives in
+:mod:`llm_companion.fast`.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -27,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import causal_mask
+from .config import ConfigError, check_shape
 from .gguf_file import GGUFContents, GGUFError, read_gguf
-from .kernels import linear, row_split_product, use_row_split
+from .kv_cache import KVCache, check_context
 from .model import num_parameters
 
 
-class LlamaConfigError(ValueError):
+class LlamaConfigError(ConfigError):
     """An invalid Llama configuration (or GGUF metadata that does not describe one)."""
 
 
@@ -52,12 +53,8 @@ class LlamaConfig:
     tie_weights: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_kv_heads", "n_layers", "hidden_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LlamaConfigError(f"LlamaConfig.{name} must be a positive integer, got {value!r}")
-        if self.emb_dim % self.n_heads:
-            raise LlamaConfigError(f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
+        check_shape(self, ("vocab_size", "context_length", "emb_dim", "n_heads", "n_kv_heads", "n_layers",
+                           "hidden_dim"), LlamaConfigError)
         if self.n_heads % self.n_kv_heads:
             raise LlamaConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}): "
                                    f"each key/value head serves a whole group of query heads")
@@ -200,57 +197,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                          # (B, T, C)
-        return linear(F.silu(linear(x, self.gate)) * linear(x, self.up), self.down)
-
-
-class LlamaKVCache:
-    """Keys and values of every layer, ``n_kv_heads`` per layer (GQA caches the shared heads only).
-
-    The buffer starts small and doubles when full (up to ``max_len``): a model with an 8,192-token context
-    should not reserve 8,192 positions to answer one question.
-    """
-
-    def __init__(self, cfg: LlamaConfig, batch_size: int, *, max_len: int | None = None, device=None,
-                 dtype=torch.float32, initial_len: int = 256):
-        self.max_len = max_len or cfg.context_length
-        self.shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, cfg.head_dim)
-        capacity = min(self.max_len, initial_len)
-        self.k = torch.empty(self._shape(capacity), device=device, dtype=dtype)  # (L, B, KV, cap, hd)
-        self.v = torch.empty_like(self.k)
-        self.length = 0  # tokens already stored (advanced by the model after all layers ran)
-
-    def _shape(self, capacity: int) -> tuple[int, ...]:
-        n_layers, batch, kv, hd = self.shape
-        return (n_layers, batch, kv, capacity, hd)
-
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[3]
-
-    def reserve(self, end: int) -> None:
-        """Make room for positions up to ``end`` in every layer at once (doubling, up to ``max_len``)."""
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {end}")
-        if end > self.capacity:
-            capacity = min(self.max_len, max(end, 2 * self.capacity))
-            for name in ("k", "v"):
-                old = getattr(self, name)
-                new = old.new_empty(self._shape(capacity))
-                new[:, :, :, :self.length] = old[:, :, :, :self.length]
-                setattr(self, name, new)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v`` (B, KV, T, hd) after the cached ones; return all keys/values so far (B, KV, end, hd)."""
-        start, end = self.length, self.length + k.shape[2]
-        self.reserve(end)  # only layer 0 sees the new length first
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def nbytes_per_token(self) -> int:
-        """Bytes one more cached token costs (keys + values, every layer)."""
-        n_layers, batch, kv, hd = self.shape
-        return 2 * n_layers * batch * kv * hd * self.k.element_size()
+        return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 class GroupedQueryAttention(nn.Module):
@@ -266,38 +213,26 @@ class GroupedQueryAttention(nn.Module):
         self.v = nn.Linear(cfg.emb_dim, cfg.kv_dim, bias=False)
         self.o = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.emb_dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LlamaKVCache | None = None,
-                *, last_only: bool = False) -> torch.Tensor:
-        """(B, T, C) → (B, T, C) (or (B, 1, C) with ``last_only``); ``cos``/``sin`` (T, hd) for x's positions."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, C) → (B, T, C); ``cos``/``sin`` (T, hd) are the rotation angles of x's positions."""
         B, T, _ = x.shape
-        xq = x[:, -1:] if last_only else x   # keys/values are needed for every position, queries maybe not
-        Tq = xq.shape[1]
-        q = linear(xq, self.q).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, Tq, hd)
-        k = linear(x, self.k).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        v = linear(x, self.v).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        q = apply_rope(q, cos[-Tq:], sin[-Tq:])
-        k = apply_rope(k, cos, sin)
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, T, hd)
+        k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, KV, T, hd)
+        v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, KV, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:
             past = cache.length
             k, v = cache.update(self.layer_idx, k, v)                             # (B, KV, past+T, hd)
-        S = k.shape[2]
-        if Tq == 1:
-            # one query per head sees every key: fold each group's query heads into the "time" axis of its
-            # shared key/value head instead of copying keys and values `group` times
-            q = q.reshape(B, self.n_kv_heads, self.group, self.head_dim)          # (B, KV, group, hd)
-            out = F.scaled_dot_product_attention(q, k, v)                          # (B, KV, group, hd)
-            out = out.reshape(B, self.n_heads, 1, self.head_dim)                   # (B, H, 1, hd)
-        else:
-            k = k.repeat_interleave(self.group, dim=1)                            # (B, H, S, hd)
-            v = v.repeat_interleave(self.group, dim=1)
-            if past == 0:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:  # queries are the last Tq of S positions
-                mask = torch.arange(S, device=x.device)[None, :] <= torch.arange(S - Tq, S, device=x.device)[:, None]
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)     # (B, H, Tq, hd)
-        out = out.transpose(1, 2).reshape(B, Tq, self.n_heads * self.head_dim)   # (B, Tq, H·hd)
-        return linear(out, self.o)
+        k = k.repeat_interleave(self.group, dim=1)   # each key/value head serves `group` query heads
+        v = v.repeat_interleave(self.group, dim=1)                                # (B, H, past+T, hd)
+        if past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        else:  # the T new queries are the last of past+T positions
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past + T, x.device))
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)    # (B, T, H·hd)
+        return self.o(out)
 
 
 class LlamaBlock(nn.Module):
@@ -310,10 +245,9 @@ class LlamaBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LlamaKVCache | None = None,
-                *, last_only: bool = False) -> torch.Tensor:
-        h = self.attn(self.attn_norm(x), cos, sin, cache, last_only=last_only)
-        x = (x[:, -1:] if last_only else x) + h
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -337,7 +271,7 @@ class LlamaModel(nn.Module):
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, cache: LlamaKVCache | None = None, *, last_only: bool = False,
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False,
                 ) -> torch.Tensor:
         """Logits (B, T, V) for ids ``idx`` (B, T); with ``last_only`` just the last position's (B, 1, V).
 
@@ -345,189 +279,26 @@ class LlamaModel(nn.Module):
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.cfg.context_length:
-            raise ValueError(
-                f"input has {past + T} tokens but the model's context_length is {self.cfg.context_length}; "
-                f"truncate to the last {self.cfg.context_length} tokens (generate() does this for you)")
-        if T == 1 and cache is not None and not torch.is_grad_enabled():
-            return self.decode_step(idx, cache)
-        return self._forward_general(idx, cache, last_only=last_only)
-
-    def _forward_general(self, idx: torch.Tensor, cache: LlamaKVCache | None = None, *,
-                         last_only: bool = False) -> torch.Tensor:
-        """:meth:`forward` for any input: the blocks as modules, one after the other."""
-        B, T = idx.shape
-        past = cache.length if cache is not None else 0
+        check_context(self.cfg.context_length, past, T)
         cos = self.rope_cos[past:past + T].to(self.tok_emb.weight.dtype)       # (T, hd)
         sin = self.rope_sin[past:past + T].to(self.tok_emb.weight.dtype)
         x = self.tok_emb(idx)                                                    # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache, last_only=last_only and i == len(self.blocks) - 1)
+        for block in self.blocks:
+            x = block(x, cos, sin, cache)
         if cache is not None:
             cache.length += T
-        return linear(self.final_norm(x), self.out_head)                        # (B, T or 1, V)
+        if last_only:  # generation needs only the next token's logits
+            x = x[:, -1:]
+        return self.out_head(self.final_norm(x))                                # (B, T or 1, V)
 
-    def decode_step(self, idx: torch.Tensor, cache: LlamaKVCache) -> torch.Tensor:
-        """Logits (B, 1, V) of one new token per row ``idx`` (B, 1) after the cached ones, without autograd.
-
-        The same arithmetic as :meth:`forward` (tests hold them to 1e-5), for the step that generation
-        repeats for every token; :meth:`forward` takes it by itself for a one-token step with a cache. The
-        layers run as one function of plain tensors, :func:`decode_layers`, executed by TorchScript's
-        interpreter where available: a step is ~600 small ops, and launching them from Python costs more
-        than some of them compute (see ``benchmarks/README.md``). Layers that are not plain ``nn.Linear``
-        (a LoRA adapter) take :meth:`forward`'s general path instead.
-        """
-        cfg = self.cfg
-        plan = self._decode_plan()
-        if plan is None:
-            return self._forward_general(idx, cache)
-        mats, norms = plan
-        x = self.tok_emb(idx[:, 0])                                              # (B, C)
-        # which products take the row-split kernel: decided per weight shape (see kernels.use_row_split)
-        one_row = x.shape[0] == 1
-        split_by_shape = {w.shape: one_row and use_row_split(x.new_ones(1, w.shape[1]), w) for w in mats[:7]}
-        split = [split_by_shape[w.shape] for w in mats]
-        pos, half = cache.length, cfg.head_dim // 2
-        cos = self.rope_cos[pos].to(x.dtype)                                     # (hd,)
-        sin = self.rope_sin[pos].to(x.dtype)
-        sin = torch.cat([-sin[:half], sin[half:]])   # rotate_half(x)·sin == swap_halves(x)·[-sin₁, sin₂]
-        cache.reserve(pos + 1)
-        x = _decode_function()(x, pos, mats, split, norms, cache.k, cache.v, cos, sin, cfg.n_heads,
-                               cfg.n_kv_heads, cfg.norm_eps)
-        cache.length += 1
-        return linear(self.final_norm(x), self.out_head)[:, None]               # (B, 1, V)
-
-    def _decode_plan(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """The weights :func:`decode_layers` takes, or ``None`` if a layer is not a plain bias-free ``nn.Linear``.
-
-        Cached: collecting them walks ~1,000 module attributes (0.45 ms, a step's 2%). The cache remembers
-        every module and parameter it read, and where, and is rebuilt when any of them was replaced (a LoRA
-        wrapper, ``load_state_dict(assign=True)``, ``.to(dtype)``); checking that costs ~0.05 ms.
-        """
-        cached = self.__dict__.get("_decode_cache")
-        if cached is not None and all(owner.get(key) is value for owner, key, value in cached[1]):
-            return cached[0]
-        checks: list[tuple[dict, str, Any]] = [(self._modules, "blocks", self.blocks)]
-        mats: list[torch.Tensor] = []
-        norms: list[torch.Tensor] = []
-        plan: tuple[list[torch.Tensor], list[torch.Tensor]] | None = (mats, norms)
-        for i, block in enumerate(self.blocks):
-            checks.append((self.blocks._modules, str(i), block))
-            for part, names in (("attn", ("q", "k", "v", "o")), ("ffn", ("gate", "up", "down"))):
-                parent = getattr(block, part)
-                checks.append((block._modules, part, parent))
-                for name in names:
-                    layer = getattr(parent, name)
-                    checks.append((parent._modules, name, layer))
-                    if type(layer) is not nn.Linear or layer.bias is not None:
-                        plan = None
-                        continue
-                    checks.append((layer._parameters, "weight", layer.weight))
-                    mats.append(layer.weight)
-            for name in ("attn_norm", "ffn_norm"):
-                norm = getattr(block, name)
-                checks += [(block._modules, name, norm), (norm._parameters, "weight", norm.weight)]
-                norms.append(norm.weight)
-        checks.append((self._modules, "blocks", self.blocks))
-        if len(self.blocks) != self.cfg.n_layers:
-            plan = None
-        self.__dict__["_decode_cache"] = (plan, checks)
-        return plan
-
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> LlamaKVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for this model, on its device and in its dtype."""
         p = self.tok_emb.weight
-        return LlamaKVCache(self.cfg, batch_size, max_len=max_len, device=p.device, dtype=p.dtype)
+        return KVCache(self.cfg, batch_size, max_len=max_len, device=p.device, dtype=p.dtype)
 
     def num_parameters(self, *, exclude_tied: bool = True) -> int:
         """Parameter count; a tied embedding/head matrix is counted once."""
         return num_parameters(self, exclude_tied=exclude_tied)
-
-
-# --------------------------------------------------------------------------------------------- decoding
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """:class:`RMSNorm`'s arithmetic as a function (for :func:`decode_layers`)."""
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, [x.shape[-1]], weight, eps)
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
-def _product(x: torch.Tensor, weight: torch.Tensor, split: bool) -> torch.Tensor:
-    """``x @ weight.T`` for rows ``x`` (B, n_in); ``split``: through the row-split kernel (one row only)."""
-    if split:
-        return row_split_product(x, weight)
-    return torch.mm(x, weight.t())
-
-
-def _add_product(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, split: bool) -> torch.Tensor:
-    """``x + h @ weight.T``: a residual connection, added inside the product (``addmm``) where it can be."""
-    if split:
-        return x + _product(h, weight, split)
-    return torch.addmm(x, h, weight.t())
-
-
-def decode_layers(x: torch.Tensor, pos: int, mats: list[torch.Tensor], split: list[bool],
-                  norms: list[torch.Tensor], cache_k: torch.Tensor, cache_v: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor, n_heads: int, n_kv_heads: int, eps: float) -> torch.Tensor:
-    """Every block of a one-token decoding step, as one function of tensors; returns the last hidden state.
-
-    ``x`` (B, C) is the new token's embedding at position ``pos``; ``mats`` holds each layer's q, k, v, o,
-    gate, up and down weights in that order (``split``: which take the row-split kernel), ``norms`` each
-    layer's two RMSNorm weights; ``cache_k``/``cache_v`` (L, B, KV, capacity, hd) receive the new keys and
-    values in place. ``cos`` and ``sin`` (hd,) are position ``pos``'s angles, the sine with the sign of
-    ``rotate_half`` folded in. Written with type annotations and no Python objects so that TorchScript can
-    run it; it is also correct as plain Python.
-    """
-    B, C = x.shape[0], x.shape[1]
-    hd = cos.shape[0]
-    half = hd // 2
-    group = n_heads // n_kv_heads
-    # x·cos + swap_halves(x)·sin as x @ rotation: cos on the diagonal, the signed sine where dimension d
-    # takes its partner (d ± hd/2); built once per step, 5 ops fewer per head group and layer than elementwise
-    rotation = torch.diag(cos)
-    partner = torch.cat([torch.arange(half, hd), torch.arange(0, half)]).to(cos.device)
-    rotation[partner, torch.arange(hd, device=cos.device)] = sin
-    for i in range(len(norms) // 2):
-        j = 7 * i
-        h = _rms_norm(x, norms[2 * i], eps)
-        # RoPE for one position is one small product per head with the rotation matrix
-        q = torch.mm(_product(h, mats[j], split[j]).view(B * n_heads, hd), rotation).view(B, n_heads, hd)
-        k = torch.mm(_product(h, mats[j + 1], split[j + 1]).view(B * n_kv_heads, hd), rotation)
-        cache_k[i, :, :, pos] = k.view(B, n_kv_heads, hd)
-        cache_v[i, :, :, pos] = _product(h, mats[j + 2], split[j + 2]).view(B, n_kv_heads, hd)
-        # each group's query heads against their shared key/value head: (B, KV, group, hd)
-        out = F.scaled_dot_product_attention(q.view(B, n_kv_heads, group, hd), cache_k[i, :, :, : pos + 1],
-                                             cache_v[i, :, :, : pos + 1])
-        x = _add_product(x, out.reshape(B, C), mats[j + 3], split[j + 3])
-        h = _rms_norm(x, norms[2 * i + 1], eps)
-        gated = F.silu(_product(h, mats[j + 4], split[j + 4])) * _product(h, mats[j + 5], split[j + 5])
-        x = _add_product(x, gated, mats[j + 6], split[j + 6])
-    return x
-
-
-_compiled: list = []  # [decode_layers as TorchScript, or the Python function where scripting fails]
-
-
-def _decode_function():
-    """:func:`decode_layers`, compiled by ``torch.jit.script`` once per process (about a second).
-
-    TorchScript runs the ~600 small ops of a step without Python's per-op overhead: measured on the book's
-    2-core machine, 26.8 against 27.9 ms per SmolLM2 token (generation included) for the same function in
-    Python. Where scripting is unavailable or fails (it needs the ``.py`` source), or with
-    ``LLM_COMPANION_TORCHSCRIPT=0``, the Python function runs, with the same results.
-    """
-    if os.environ.get("LLM_COMPANION_TORCHSCRIPT") == "0":
-        return decode_layers
-    if not _compiled:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript is in maintenance mode and may say so
-                _compiled.append(torch.jit.script(decode_layers))
-        except Exception:  # noqa: BLE001 - any failure to compile means: run the Python function
-            _compiled.append(decode_layers)
-    return _compiled[0]
 
 
 # --------------------------------------------------------------------------------------------- GGUF

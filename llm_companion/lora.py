@@ -54,9 +54,8 @@ class LoRAError(ValueError):
 class LoRALinear(nn.Module):
     """``base(x) + (alpha / rank) · B(A(dropout(x)))`` around a frozen ``nn.Linear`` ``base``.
 
-    ``lora_A`` is (rank, in) and ``lora_B`` (out, rank). ``weight`` and ``bias`` read like a linear layer's
-    (``weight`` is the effective ``W + ΔW``, differentiable), so code that uses a layer's weight directly
-    (the attention's last-position path) computes the adapted layer too.
+    ``lora_A`` is (rank, in) and ``lora_B`` (out, rank). Code that must not read ``base.weight`` alone (the
+    fast decoding paths) sees that this is not a plain ``nn.Linear`` and calls it as a module.
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
@@ -77,15 +76,6 @@ class LoRALinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.base.out_features
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The effective weight ``W + ΔW`` (out, in)."""
-        return self.base.weight + self.delta_weight()
 
     def delta_weight(self) -> torch.Tensor:
         """``ΔW = (alpha / rank) · B A``, (out, in)."""

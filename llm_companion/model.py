@@ -6,9 +6,9 @@ import math
 import torch
 from torch import nn
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import MultiHeadAttention
 from .config import GPTConfig
-from .kernels import RowSplitLinear  # an nn.Linear with a faster one-row CPU path for decoding
+from .kv_cache import KVCache, check_context
 
 
 class FeedForward(nn.Module):
@@ -16,9 +16,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = RowSplitLinear(cfg.emb_dim, 4 * cfg.emb_dim)
+        self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
         self.act = nn.GELU(approximate="tanh")
-        self.proj = RowSplitLinear(4 * cfg.emb_dim, cfg.emb_dim)
+        self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.act(self.fc(x)))                                 # (B, T, C) → (B, T, 4C) → (B, T, C)
@@ -35,10 +35,9 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
-        """(B, T, C) → (B, T, C); with ``last_only`` only the last position's output (B, 1, C)."""
-        h = self.attn(self.norm1(x), cache, last_only=last_only)
-        x = (x[:, -1:] if last_only else x) + self.drop(h)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, C) → (B, T, C)."""
+        x = x + self.drop(self.attn(self.norm1(x), cache))
         x = x + self.drop(self.ff(self.norm2(x)))
         return x
 
@@ -60,7 +59,7 @@ class GPTModel(nn.Module):
         self.drop = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.ln_eps)
-        self.out_head = RowSplitLinear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -85,21 +84,15 @@ class GPTModel(nn.Module):
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.cfg.context_length:
-            raise ValueError(
-                f"input has {past + T} tokens but the model's context_length is {self.cfg.context_length}; "
-                f"truncate to the last {self.cfg.context_length} tokens (generate() does this for you)"
-            )
-        # positions past … past+T-1: a slice of the table is the same lookup as pos_emb(arange), without the
-        # index tensor (it matters when decoding one token at a time)
+        check_context(self.cfg.context_length, past, T)
+        # positions past … past+T-1: a slice of the table is the same lookup as pos_emb(arange)
         x = self.drop(self.tok_emb(idx) + self.pos_emb.weight[past:past + T])   # (B, T, C)
-        # Generation needs only the next token's logits. The last block then computes keys and values for
-        # every position (later tokens attend to them) but everything else for the last position only, and
-        # the big vocabulary head projects one row instead of T.
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache, last_only=last_only and i == len(self.blocks) - 1)
+        for block in self.blocks:
+            x = block(x, cache)
         if cache is not None:
             cache.length += T
+        if last_only:  # generation needs only the next token's logits: the big head projects one row, not T
+            x = x[:, -1:]
         x = self.final_norm(x)                                                  # (B, T or 1, C)
         return self.out_head(x)                                                 # (B, T or 1, V)
 

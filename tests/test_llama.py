@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from llm_companion import cli
 from llm_companion.generation import generate
+from llm_companion.kv_cache import KVCache
 from llm_companion.llama import (
     GroupedQueryAttention,
     LlamaConfig,
     LlamaConfigError,
-    LlamaKVCache,
     LlamaModel,
     RMSNorm,
     SwiGLU,
@@ -158,7 +158,7 @@ def test_kv_cache_gives_the_logits_of_a_full_pass_and_grows():
     model = random_llama(tiny_config(50))
     ids = torch.randint(0, 50, (2, 40))
     full = model(ids)
-    cache = LlamaKVCache(model.cfg, 2, initial_len=4)  # start tiny so the buffer must grow several times
+    cache = KVCache(model.cfg, 2, initial_len=4)  # start tiny so the buffer must grow several times
     pieces = [model(ids[:, a:b], cache) for a, b in ((0, 13), (13, 14), (14, 31), (31, 40))]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.length == 40 and cache.capacity >= 40
@@ -170,70 +170,66 @@ def test_kv_cache_gives_the_logits_of_a_full_pass_and_grows():
 @pytest.mark.parametrize("dtype, tol, script, row_split", [
     (torch.float32, 1e-5, "1", "0"), (torch.float32, 1e-5, "0", "0"), (torch.float32, 1e-5, "1", "1"),
     (torch.bfloat16, 5e-2, "1", "0")])
-def test_one_token_decode_step_equals_the_general_path(dtype, tol, script, row_split, monkeypatch):
-    # under inference mode a one-token step with a cache takes decode_step; it must compute what forward does,
-    # compiled by TorchScript or not, with the row-split products or not (B=2 never splits: the B=1 check below)
+def test_fast_decoding_step_equals_the_model(dtype, tol, script, row_split, monkeypatch):
+    # the fast path's one-token steps must compute what forward does, compiled by TorchScript or not, with
+    # the row-split products or not (B=2 never splits: the B=1 check below)
+    import llm_companion.fast as fast
+
     monkeypatch.setenv("LLM_COMPANION_TORCHSCRIPT", script)
     monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", row_split)
+    calls = []
+    real = fast.decode_layers if script == "0" else fast._decode_function()
+    monkeypatch.setattr(fast, "_decode_function", lambda: lambda *a: calls.append(1) or real(*a))
     model = random_llama(tiny_config(50)).to(dtype)
     ids = torch.randint(0, 50, (2, 30))
     with torch.no_grad():
         full = model(ids).float()
-        cache = LlamaKVCache(model.cfg, 2, initial_len=4, dtype=dtype)  # grows inside decode steps too
-        steps = [model(ids[:, :5], cache)] + [model(ids[:, t:t + 1], cache) for t in range(5, 30)]
-    torch.testing.assert_close(torch.cat(steps, dim=1).float(), full, atol=tol, rtol=tol)
-    assert cache.length == 30 and cache.capacity >= 30
-    with torch.no_grad():
-        direct = model.decode_step(ids[:, :1], model.new_cache(2))
-        one = LlamaKVCache(model.cfg, 1, initial_len=4, dtype=dtype)
-        single = [model(ids[:1, t:t + 1], one) for t in range(12)]
-    torch.testing.assert_close(direct.float(), full[:, :1], atol=tol, rtol=tol)
+        step = fast.decoder(model)
+        cache = KVCache(model.cfg, 2, initial_len=4, dtype=dtype)  # grows inside decode steps too
+        steps = [step(ids[:, :5], cache)] + [step(ids[:, t:t + 1], cache) for t in range(5, 30)]
+        assert len(calls) == 25  # every one-token step took the compiled function, the prompt did not
+        torch.testing.assert_close(torch.cat(steps, dim=1).float(), full[:, [4, *range(5, 30)]], atol=tol,
+                                   rtol=tol)
+        assert cache.length == 30 and cache.capacity >= 30
+        one = KVCache(model.cfg, 1, initial_len=4, dtype=dtype)
+        single = [step(ids[:1, t:t + 1], one) for t in range(12)]
     torch.testing.assert_close(torch.cat(single, dim=1).float(), full[:1, :12], atol=tol, rtol=tol)
 
 
 def test_decode_layers_run_as_torchscript():
     # the speed of decoding rests on it (benchmarks/README.md): a fallback to Python must not go unnoticed
-    from llm_companion import llama
+    from llm_companion import fast
 
-    assert isinstance(llama._decode_function(), torch.jit.ScriptFunction)
+    assert isinstance(fast._decode_function(), torch.jit.ScriptFunction)
 
 
-def test_decode_step_notices_replaced_layers_and_weights():
-    # decode_step caches the weights it reads; replacing a weight or wrapping a layer must not go unseen
+def test_fast_decoding_of_a_lora_model_takes_the_modules_and_is_right():
+    # a wrapped layer is not a plain nn.Linear: the fast path must not read its base weight alone
+    from llm_companion.fast import decoder
     from llm_companion.lora import apply_lora
 
     model = random_llama(tiny_config(50))
     ids = torch.randint(0, 50, (1, 9))
-
-    def last_step_logits(m):
-        with torch.no_grad():
-            cache = m.new_cache(1)
-            m(ids[:, :-1], cache)
-            return m(ids[:, -1:], cache)[:, -1]
-
-    last_step_logits(model)  # fills the cache of weights
-    other = random_llama(tiny_config(50), seed=1)
-    model.load_state_dict(other.state_dict(), assign=True)   # every parameter replaced by a new tensor
-    torch.testing.assert_close(last_step_logits(model), other(ids)[:, -1], atol=1e-5, rtol=1e-5)
     apply_lora(model, rank=2, alpha=4)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             with torch.no_grad():
                 p.normal_(0.0, 0.5)  # a non-zero adapter, so that ignoring it would change the logits
-    torch.testing.assert_close(last_step_logits(model), model(ids)[:, -1], atol=1e-5, rtol=1e-5)
-
-
-def test_decode_step_is_the_path_inference_takes_and_training_does_not(monkeypatch):
-    model = random_llama(tiny_config(50))
-    calls = []
-    real = LlamaModel.decode_step
-    monkeypatch.setattr(LlamaModel, "decode_step", lambda self, idx, cache: calls.append(1) or real(self, idx, cache))
-    cache = model.new_cache(1)
     with torch.no_grad():
-        model(torch.tensor([[1, 2, 3]]), cache)   # a prompt: the general path
-        model(torch.tensor([[4]]), cache)         # one token: the decode step
-    model(torch.tensor([[5]]), cache)             # autograd on: the general path (decode_step has no backward)
-    assert len(calls) == 1 and cache.length == 5
+        step, cache = decoder(model), model.new_cache(1)
+        step(ids[:, :-1], cache)
+        torch.testing.assert_close(step(ids[:, -1:], cache)[:, -1], model(ids)[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_the_model_itself_always_runs_its_modules(monkeypatch):
+    # stepping through generation without fast=True runs the blocks chapter 8 teaches, never the fast path
+    import llm_companion.fast as fast
+
+    monkeypatch.setattr(fast, "decode_layers", lambda *a: pytest.fail("the model called the fast path"))
+    monkeypatch.setattr(fast, "_compiled", [])
+    model = random_llama(tiny_config(50))
+    with torch.no_grad():
+        generate(model, torch.tensor([[1, 2, 3]]), 5)
 
 
 def test_context_overflow_is_a_clear_error():

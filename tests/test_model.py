@@ -179,7 +179,7 @@ def test_same_seed_same_init():
 @pytest.mark.parametrize("n_out", [6, 7, 50257])
 @pytest.mark.parametrize("bias", [True, False])
 def test_row_split_kernel_equals_f_linear_for_one_row(n_out, bias):
-    from llm_companion.kernels import row_split_linear
+    from llm_companion.fast import row_split_linear
 
     torch.manual_seed(0)
     w, b = torch.randn(n_out, 48), (torch.randn(n_out) if bias else None)
@@ -191,54 +191,68 @@ def test_row_split_kernel_equals_f_linear_for_one_row(n_out, bias):
 
 
 @pytest.mark.parametrize("n_out", [7, 50257])
-def test_row_split_linear_takes_the_kernel_only_where_it_pays(monkeypatch, n_out):
-    import llm_companion.kernels as kernels
+def test_fast_linear_takes_the_kernel_only_where_it_pays(monkeypatch, n_out):
+    import llm_companion.fast as fast_mod
 
     calls = []
-    kernel = kernels.row_split_linear
-    monkeypatch.setattr(kernels, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
+    kernel = fast_mod.row_split_linear
+    monkeypatch.setattr(fast_mod, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the kernel's condition, even on a 1-core runner
     monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "1")  # wherever it is eligible, whatever this CPU measures
     torch.manual_seed(0)
-    layer = kernels.RowSplitLinear(48, n_out)
     plain = torch.nn.Linear(48, n_out)
-    plain.load_state_dict(layer.state_dict())  # same keys, same parameters as nn.Linear
-    assert isinstance(layer, torch.nn.Linear)
     x = torch.randn(1, 1, 48)
     with torch.no_grad():
-        fast = layer(x)
-        assert calls == [1]
-        assert torch.allclose(fast, plain(x), atol=1e-5)
-        assert torch.allclose(kernels.linear(x, plain), plain(x), atol=1e-5) and calls == [1, 1]
+        assert torch.allclose(fast_mod.linear(x, plain), plain(x), atol=1e-5) and calls == [1]
         rows = torch.randn(2, 3, 48)  # several rows: the plain op, exactly
-        assert torch.equal(layer(rows), plain(rows)) and calls == [1, 1]
-    assert layer(x).requires_grad and calls == [1, 1]  # autograd on: the plain op
+        assert torch.equal(fast_mod.linear(rows, plain), plain(rows)) and calls == [1]
+    assert fast_mod.linear(x, plain).requires_grad and calls == [1]  # autograd on: the plain op
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     with torch.no_grad():
-        assert torch.equal(layer(x), plain(x)) and calls == [1, 1]  # one thread: nothing to split over
+        assert torch.equal(fast_mod.linear(x, plain), plain(x)) and calls == [1]  # one thread: nothing to split
 
 
-def test_decoding_with_the_row_split_kernel_equals_plain_layers(monkeypatch):
-    import llm_companion.kernels as kernels
+@pytest.mark.parametrize("row_split", ["0", "1"])
+def test_fast_logits_equal_the_model_with_and_without_a_cache(monkeypatch, row_split):
+    from llm_companion.fast import decoder
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", row_split)
+    torch.manual_seed(0)
+    model = GPTModel(ODD).eval()
+    x = torch.randint(0, ODD.vocab_size, (2, 13))
+    step = decoder(model)
+    with torch.no_grad():
+        torch.testing.assert_close(step(x, None), model(x)[:, -1:], atol=1e-5, rtol=0)
+        plain_cache, fast_cache = model.new_cache(2), model.new_cache(2)
+        for chunk in (x[:, :9], x[:, 9:10], x[:, 10:13], x[:, 12:13]):  # prefill, one-token steps, a chunk
+            want = model(chunk, plain_cache)[:, -1:]
+            torch.testing.assert_close(step(chunk, fast_cache), want, atol=1e-5, rtol=0)
+            assert fast_cache.length == plain_cache.length
+        n = plain_cache.length
+        torch.testing.assert_close(fast_cache.k[:, :, :, :n], plain_cache.k[:, :, :, :n], atol=1e-5, rtol=0)
+
+
+def test_fast_generation_takes_the_kernel_and_gives_the_same_tokens(monkeypatch):
+    import llm_companion.fast as fast_mod
 
     calls = []
-    kernel = kernels.row_split_linear
-    monkeypatch.setattr(kernels, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
+    kernel = fast_mod.row_split_linear
+    monkeypatch.setattr(fast_mod, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
     torch.manual_seed(0)
     model = GPTModel(ODD).eval()
     x = torch.randint(0, ODD.vocab_size, (1, 9))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # force the kernel path, even on one thread
     monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "1")
-    fast = generate(model, x, 20)
+    fast = generate(model, x, 20, fast=True)
     assert len(calls) >= 19 * (4 * ODD.n_layers + 1)  # every linear of every one-row decoding step
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the layers fall back to F.linear
     n = len(calls)
-    assert torch.equal(generate(model, x, 20), fast)
+    assert torch.equal(generate(model, x, 20), fast)  # the plain path: the modules, no kernel
     assert len(calls) == n
 
 
 def test_row_split_choice_is_measured_once_per_shape_and_can_be_forced(monkeypatch):
-    import llm_companion.kernels as kernels
+    import llm_companion.fast as kernels
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(kernels, "_measured", {})
@@ -288,8 +302,7 @@ def test_last_only_with_cache_fills_the_same_cache_and_weights_match():
         assert torch.allclose(last_cache.v[:, :, :, :12], full_cache.v[:, :, :, :12], atol=1e-6)
         nxt = torch.randint(0, ODD.vocab_size, (2, 1))  # decoding continues identically from either cache
         assert torch.allclose(model(nxt, last_cache), model(nxt, full_cache), atol=1e-5)
-        attn, h = model.blocks[0].attn, torch.randn(2, 7, ODD.emb_dim)
-        out_full, w_full = attn(h, return_weights=True)
-        out_last, w_last = attn(h, return_weights=True, last_only=True)
-    assert torch.allclose(out_last, out_full[:, -1:], atol=1e-6)
-    assert torch.allclose(w_last, w_full[:, :, -1:], atol=1e-6)
+        cache, chunk = model.new_cache(2), torch.randint(0, ODD.vocab_size, (2, 3))
+        model(x, cache)  # a chunk of three after the cached tokens: the causal mask is offset by 12
+        torch.testing.assert_close(model(chunk, cache), model(torch.cat([x, chunk], 1))[:, -3:], atol=1e-5,
+                                   rtol=0)
