@@ -17,13 +17,14 @@ export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 MATHJAX_SRC ?= /usr/share/javascript/mathjax
 MATHJAX_DST := book/_static/mathjax
 
-.PHONY: book test install data chromium graphviz mathjax system unit fast lint notebooks notebooks-gpt2 clean help
+.PHONY: book test install data chromium graphviz mathjax system unit fast lint notebooks execute notebooks-gpt2 clean help
 
 help:
 	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
 	@echo "make test   - run the unit tests and execute every chapter with nbval"
 	@echo "make fast   - the unit tests without the slow and browser ones (about a minute)"
 	@echo "make lint   - ruff over the library, tests, benchmarks and the chapters' code cells"
+	@echo "make execute - re-execute every chapter in place, in order, on an idle machine (for commit)"
 	@echo "make notebooks-gpt2 - chapters 5-7 on a random GPT-2-small-shaped checkpoint (LLM_COMPANION_GPT2_DIR)"
 
 $(STAMP): pyproject.toml
@@ -86,6 +87,11 @@ lint: install
 
 notebooks: data
 	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --nbval-sanitize-with chapters/sanitize.cfg chapters/
+
+# Execute every chapter in place, in toc order, one after another (quick profile), recording wall time, machine,
+# threads and load in each notebook's metadata: the committed outputs come from one such run on an idle machine.
+execute: data chromium
+	$(PY) tests/tools/execute_book.py
 
 # Chapters 5-7 on a random gpt2-small (124M) in OpenAI's layout, given through LLM_COMPANION_GPT2_DIR: the path
 # of a reader who has GPT-2 files, at GPT-2's real size and cost. The committed notebooks are not rewritten.

@@ -1,0 +1,122 @@
+"""Execute every chapter of the book once, in toc order, one after another, in place, in the quick profile.
+
+The committed outputs are the book's evidence, so they must come from one run on an idle machine: every
+speed the prose states was measured there, and chapters that quote each other (chapter 8 quotes the
+chapter-7 assistant) quote the same run. For each notebook this records, in its metadata under
+``llm_book_execution``, and prints as a table: the wall time, the machine (CPU model and cores), torch's
+thread count, and the 1-minute load average at the start and the end. nbclient's per-cell execution
+timestamps are kept (``record_timing``).
+
+It refuses to start while the 1-minute load average is above the number of cores (another job would slow
+every chapter and contradict the prose); ``--force`` runs anyway and marks every notebook ``"busy": true``.
+
+    python tests/tools/execute_book.py [--force] [--timeout 1800] [chapters/NAME.ipynb ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nbformat
+import yaml
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def toc_notebooks() -> list[Path]:
+    """The ``.ipynb`` files of ``_toc.yml`` in reading order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+            walk(entry.get("chapters"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").is_file()]
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def execute(path: Path, timeout: int, busy_mark: bool) -> dict:
+    nb = nbformat.read(path, as_version=4)
+    start_load, started = load(), datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    record = {
+        "started": started.isoformat(timespec="seconds"), "wall_s": round(time.perf_counter() - t0, 1),
+        "machine": machine(), "torch_threads": torch_threads(), "load_start": start_load, "load_end": load(),
+        "profile": os.environ.get("LLM_BOOK_PROFILE", "quick"), "busy": busy_mark,
+    }
+    nb.metadata["llm_book_execution"] = record
+    nbformat.write(nb, path)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("notebooks", nargs="*", type=Path, help="default: every chapter of _toc.yml, in order")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    ap.add_argument("--force", action="store_true", help="run on a busy machine, marking the notebooks busy")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("LLM_BOOK_PROFILE", "quick")
+    os.environ.setdefault("LLM_COMPANION_PROGRESS", "plain")
+    cores = os.cpu_count() or 1
+    if load() > cores and not args.force:
+        print(f"the machine is busy (1-minute load {load()} > {cores} cores): the stored timings would not "
+              f"hold. Wait for it to be idle, or pass --force to run and mark the notebooks busy.",
+              file=sys.stderr)
+        return 3
+    notebooks = [p.resolve() for p in args.notebooks] or toc_notebooks()
+    print(f"{'notebook':<44} {'seconds':>8} {'load start':>10} {'load end':>9}  machine / threads")
+    total = time.perf_counter()
+    for path in notebooks:
+        busy = load() > cores
+        record = execute(path, args.timeout, busy)
+        print(f"{path.name:<44} {record['wall_s']:>8.1f} {record['load_start']:>10.2f} "
+              f"{record['load_end']:>9.2f}  {record['machine']} / {record['torch_threads']}"
+              + ("  BUSY" if record["busy"] else ""), flush=True)
+    print(f"{'all ' + str(len(notebooks)) + ' notebooks':<44} {time.perf_counter() - total:>8.1f}")
+    summary = ROOT / "_build" / "execution.json"
+    summary.parent.mkdir(exist_ok=True)
+    summary.write_text(json.dumps({p.name: nbformat.read(p, as_version=4).metadata["llm_book_execution"]
+                                   for p in notebooks}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
