@@ -17,14 +17,17 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .artifacts import models_dir, project_home
+from .checkpoint import check_compatible, save_model, verify_dir
 from .config import GPTConfig
 from .losses import evaluate, evaluating
 from .model import GPTModel
-from .tokenizer import encode_text
+from .tokenizer import encode_text, gpt2_tokenizer
+from .training import train
 
 PAD_TOKEN_ID = 50256          # GPT-2's <|endoftext|>, used for padding as in the reference book
 POOLINGS = ("last_real", "last", "first")
@@ -275,7 +278,7 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 def plot_confusion_matrix(cm: torch.Tensor, labels: Sequence[str], *, title: str = "Confusion matrix (test set)"):
     """Heat map of a confusion matrix with the counts written in each cell. Returns a Figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # imported only to plot: it takes seconds to load
 
     cm = torch.as_tensor(cm)
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
@@ -305,8 +308,6 @@ def train_classifier(model: nn.Module, train_loader, val_loader, cfg, *, accurac
     ``accuracy_batches`` batches (default ``cfg.eval_batches``) to ``History.metrics``. Other keyword
     arguments go to ``train``. Returns the :class:`~llm_companion.training.History`.
     """
-    from .training import train
-
     n = cfg.eval_batches if accuracy_batches is None else accuracy_batches
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
@@ -318,7 +319,7 @@ def train_classifier(model: nn.Module, train_loader, val_loader, cfg, *, accurac
 
 def plot_classification_history(history, *, title: str = "Fine-tuning the spam classifier"):
     """Loss (left) and accuracy (right) against epochs, with examples seen on a twin x-axis. Returns a Figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # imported only to plot: it takes seconds to load
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     panels = [("loss (cross-entropy)", history.train_loss, history.val_loss),
@@ -357,8 +358,6 @@ def save_classifier(model: GPTClassifier, directory: str | os.PathLike | None = 
                     base_weights: str | dict | None = None, metrics: dict | None = None) -> Path:
     """Save to ``directory`` (default ``models/spam-classifier``): ``model.safetensors``, ``config.json``
     (GPT config, labels, max length, pooling, base weights, metrics) and ``SHA256SUMS``, as one atomic step."""
-    from .checkpoint import save_model
-
     config = {
         "format": _FORMAT,
         "gpt_config": model.gpt.cfg.to_dict(),
@@ -391,10 +390,6 @@ def read_classifier_config(directory: str | os.PathLike | None = None) -> dict:
 def load_classifier(directory: str | os.PathLike | None = None, *,
                     device: torch.device | str | None = None) -> GPTClassifier:
     """Load a classifier written by :func:`save_classifier` (hashes verified, safetensors only), in eval mode."""
-    from safetensors.torch import load_file
-
-    from .checkpoint import check_compatible, verify_dir
-
     d = Path(directory) if directory is not None else classifier_dir()
     config = read_classifier_config(d)
     verify_dir(d)
@@ -422,8 +417,6 @@ def classify(text: str, model: GPTClassifier | None = None, *, model_dir: str | 
     if model is None:
         model = load_classifier(model_dir)
     if tokenizer is None:
-        from .tokenizer import gpt2_tokenizer
-
         tokenizer = gpt2_tokenizer()
     max_length = model.max_length or model.gpt.cfg.context_length
     input_ids, _ = encode_texts([text], tokenizer, min(max_length, model.gpt.cfg.context_length), model.pad_token_id)

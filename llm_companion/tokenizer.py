@@ -9,6 +9,7 @@ back into text that is safe to print while it streams (one character may span tw
 from __future__ import annotations
 
 import codecs
+import collections
 import functools
 import os
 import re
@@ -16,7 +17,13 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Literal
 
+import regex
 import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str  # the gpt2 split pattern, as tiktoken defines it
+
+from .artifacts import fetch, get_artifact
+from .gguf_file import GGUFError, read_gguf
 
 ENDOFTEXT = "<|endoftext|>"
 UNK = "<|unk|>"
@@ -200,11 +207,6 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
     Built from the data layer's verified ``gpt2-encoder``/``gpt2-vocab`` artifacts, so it works offline
     (tiktoken would otherwise download the same two files itself). Cached: repeated calls are free.
     """
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str  # the gpt2 split pattern, as tiktoken defines it
-
-    from .artifacts import fetch, get_artifact
-
     encoder, vocab = get_artifact("gpt2-encoder"), get_artifact("gpt2-vocab")
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(fetch(vocab.name)),
@@ -325,14 +327,11 @@ def gguf_tokenizer(source) -> GGUFTokenizer:
     (``"a  1"`` → ``a Ġ Ġ 1``), while the trained pre-tokenizer keeps the run whole (``a ĠĠ 1``); likewise a
     space before a non-ASCII numeral (``" Ⅻ"``) is one token there and two here, as in training.
     """
-    from .gguf_file import GGUFError, read_gguf
-
     contents = read_gguf(source) if isinstance(source, (str, os.PathLike)) else source
     meta = contents.metadata
     model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "gpt2")
     if model != "gpt2":
         raise GGUFError(f"{contents.path}: tokenizer model {model!r}; only byte-level BPE ('gpt2') is supported")
-    from tiktoken_ext.openai_public import r50k_pat_str
 
     patterns = {"smollm": SMOLLM_PAT_STR, "gpt2": r50k_pat_str, "default": r50k_pat_str}
     if pre not in patterns:
@@ -367,10 +366,6 @@ def train_byte_bpe_metadata(text: str, n_merges: int, *, control_tokens: Sequenc
     Ids: the control tokens, the 256 bytes, then one token per merge in the order learned (so rank = id, as in
     SmolLM2's file). Each step merges the most frequent adjacent pair (ties: the first in sorted order).
     """
-    import collections
-
-    import regex
-
     byte_char = {b: c for c, b in _gpt2_byte_decoder().items()}
     words = collections.Counter(tuple(byte_char[b] for b in w.encode("utf-8")) for w in regex.findall(pattern, text))
     merges: list[str] = []
