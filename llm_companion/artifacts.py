@@ -228,6 +228,35 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def remembered_sha256(path: Path, stamp: Path, *, trust_stamp: bool = True, expected: str | None = None) -> str:
+    """sha256 of ``path``, remembered in the small JSON file ``stamp`` (size, mtime, sha256) so that a
+    multi-GB checkpoint is hashed once, not at every use.
+
+    The stamp counts only while the file's size and mtime are those it records; ``trust_stamp=False`` (a
+    fresh copy) hashes anyway. A digest is remembered only when it is ``expected`` (if given), and an
+    unwritable stamp location only costs the hashing next time. The registry keeps stamps beside its
+    files; :mod:`llm_companion.weights` keeps those of a reader's (maybe read-only) folder under ``models/``.
+    """
+    st = path.stat()
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if trust_stamp:
+        try:
+            saved = json.loads(stamp.read_text())
+            if isinstance(saved, dict) and isinstance(saved.get("sha256"), str) and \
+                    {k: saved.get(k) for k in key} == key:
+                return saved["sha256"]
+        except (OSError, ValueError):
+            pass
+    digest = sha256_of(path)
+    if expected is None or digest == expected:
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps({**key, "sha256": digest}))
+        except OSError:
+            pass
+    return digest
+
+
 def _stamp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.verified")
 
@@ -235,8 +264,7 @@ def _stamp_path(path: Path) -> Path:
 def verify(artifact: Artifact, path: Path, *, use_stamp: bool = True) -> None:
     """Raise :class:`IntegrityError` unless ``path`` matches the artifact's size and sha256.
 
-    A verified file gets a small stamp (size, mtime, hash) beside it, so a multi-GB checkpoint is hashed
-    once, not at every ``fetch``.
+    The digest is remembered beside the file (:func:`remembered_sha256`); ``use_stamp=False`` hashes anyway.
     """
     st = path.stat()
     if artifact.size is not None and st.st_size != artifact.size:
@@ -245,21 +273,9 @@ def verify(artifact: Artifact, path: Path, *, use_stamp: bool = True) -> None:
         artifact.check(path)
     if artifact.sha256 is None:
         return
-    stamp = _stamp_path(path)
-    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": artifact.sha256}
-    if use_stamp and stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()) == key:
-                return
-        except (OSError, ValueError):
-            pass
-    digest = sha256_of(path)
+    digest = remembered_sha256(path, _stamp_path(path), trust_stamp=use_stamp, expected=artifact.sha256)
     if digest != artifact.sha256:
         raise IntegrityError(f"{path}: sha256 {digest[:16]}…, expected {artifact.sha256[:16]}…")
-    try:
-        stamp.write_text(json.dumps(key))
-    except OSError:
-        pass  # a read-only location is fine; we just hash again next time
 
 
 # --------------------------------------------------------------------------------------------- sources

@@ -47,8 +47,11 @@ class CheckpointMismatch(CheckpointError):
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _seal(tmp_dir: Path) -> None:
-    """Write SHA256SUMS for every file in ``tmp_dir``, give them the usual permissions, flush to disk."""
+def seal(tmp_dir: Path) -> None:
+    """Write SHA256SUMS for every file in ``tmp_dir``, give them the usual permissions, flush to disk.
+
+    The last step before :func:`~llm_companion.atomic.publish_dir` for any folder :func:`verify_dir` will read
+    (checkpoints, saved models, a published stand-in)."""
     sums = []
     for f in sorted(tmp_dir.iterdir()):
         if f.is_file() and f.name != SUMS:
@@ -127,7 +130,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, extra: dict[st
             (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True))
-        _seal(tmp)
+        seal(tmp)
     return directory
 
 
@@ -201,7 +204,7 @@ def save_checkpoint(directory: str | os.PathLike, *, model: nn.Module, optimizer
         meta = {"step": step, "config": cfg.to_dict() if isinstance(cfg, GPTConfig) else None,
                 "state": state or {}}
         (tmp / "state.json").write_text(json.dumps(meta))
-        _seal(tmp)
+        seal(tmp)
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

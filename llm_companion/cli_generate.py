@@ -25,6 +25,7 @@ from .gpt2 import TensorFlowMissing, from_safetensors, from_tf_checkpoint
 from .llama import load_llama_gguf
 from .smollm2 import SMOLLM2_NAMES, load_smollm2
 from .tokenizer import gguf_tokenizer, gpt2_tokenizer, token_bytes
+from .weights import folder_format
 
 
 class ModelNotFound(FileNotFoundError):
@@ -45,21 +46,22 @@ def load_any(spec: str | Path, *, device: str = "cpu") -> tuple[nn.Module, objec
         model = load_llama_gguf(contents, device=device)
         return model, gguf_tokenizer(contents), f"{path.name} ({model.num_parameters():,} parameters, GGUF)"
     folder = path if path.is_dir() else path.parent
-    if (folder / "config.json").is_file() and (folder / "SHA256SUMS").is_file():
+    fmt = folder_format(folder)
+    if fmt == "saved":
         model = load_model(folder, device=device)
         kind = "saved GPT"
-    elif (folder / "hparams.json").is_file():
+    elif fmt == "openai-gpt2":
         try:
             model = from_tf_checkpoint(folder).to(device)
         except TensorFlowMissing as e:
             raise ModelNotFound(f"--model {spec}: OpenAI-layout checkpoint, {e}") from None
         kind = "OpenAI-layout GPT-2"
-    elif (folder / "model.safetensors").is_file():
+    elif fmt == "hf-safetensors":
         model = from_safetensors(folder).to(device)
         kind = "GPT-2 safetensors"
     else:
-        raise ModelNotFound(f"--model {spec}: not a model folder (no config.json + SHA256SUMS, hparams.json or "
-                            f"model.safetensors) and not a .gguf file")
+        raise ModelNotFound(f"--model {spec}: not a model folder (no model.safetensors + config.json + SHA256SUMS, "
+                            f"OpenAI's hparams.json + model.ckpt.* or model.safetensors) and not a .gguf file")
     return model.eval(), gpt2_tokenizer(), f"{folder} ({model.num_parameters():,} parameters, {kind})"
 
 

@@ -202,8 +202,9 @@ def split_tokens(texts: Sequence[str], tokenizer, val_fraction: float, *,
                  verbose: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of the training and validation splits (uint16 arrays when the vocabulary fits).
 
-    Each text's first ``1 - val_fraction`` of tokens goes to training, the rest (its tail) to validation, each
-    part followed by ``<|endoftext|>``: the same rule as :func:`llm_companion.pretrain.token_splits`.
+    The one split rule of pretraining: each text's first ``1 - val_fraction`` of tokens goes to training, the
+    rest (its tail) to validation, each part followed by ``<|endoftext|>``, so both splits hold every source.
+    ``<|endoftext|>`` inside a text is ordinary text.
     """
     eot = tokenizer.eot_token
     dtype = np.uint16 if tokenizer.n_vocab <= 1 << 16 else np.int32

@@ -1,7 +1,7 @@
 """Data-parallel training with PyTorch's standard engine (DistributedDataParallel).
 
-Launch any script that calls :func:`setup` (``llm-companion pretrain`` and ``python -m
-llm_companion.pretrain`` do) with ``torchrun --nproc_per_node=N``. Each process holds a full copy of the
+Launch any script that calls :func:`setup` (``llm-companion pretrain`` and ``python -m llm_companion.cli
+pretrain`` do) with ``torchrun --nproc_per_node=N``. Each process holds a full copy of the
 model, reads a different shard of every batch (:func:`shard_sampler` wraps ``DistributedSampler``), and
 DDP averages the gradients during ``backward()``, so N processes with per-process batch B take the same
 steps as one process with batch N·B. Only rank 0 writes checkpoints and prints.

@@ -1,13 +1,16 @@
-"""Pretraining from the command line, and the stand-in model chapters 5–7 use when GPT-2 is unreachable.
+"""Pretraining: one runner for every recipe, the stand-in chapters 5–7 fall back on, and its command line.
 
-``llm-companion pretrain --corpus tinyshakespeare the-verdict --preset gpt-mini --steps 200 --out DIR``
-trains a GPT on artifacts (by registry name) or text files, writes the model to ``DIR/model/``
-(``model.safetensors``, ``config.json``, ``metrics.json``, ``history.json``) and checkpoints to
-``DIR/checkpoints/`` (``--resume`` continues a killed run). The same command runs data-parallel under
-``torchrun --nproc_per_node=N`` (``--batch-size`` is then the global batch, split over the processes).
+:func:`pretrain` trains a fresh GPT as a :class:`~llm_companion.recipes.Recipe` says (checkpoints in
+``OUT/checkpoints/``, resumable) and returns the model, its history and its metrics. Three callers publish
+the result, each atomically:
 
-``llm-companion pretrain --standin`` (or :func:`ensure_standin`) trains the stand-in: a fixed recipe
-(:data:`STANDIN`: model shape, seed, number of steps), so it does not depend on how fast the machine is.
+* ``llm-companion pretrain --corpus tinyshakespeare the-verdict --preset gpt-mini --steps 200 --out DIR``
+  writes ``DIR/model/`` (``model.safetensors``, ``config.json``, ``metrics.json``, ``history.json``);
+  under ``torchrun --nproc_per_node=N -m llm_companion.cli pretrain …`` it runs data-parallel
+  (``--batch-size`` is then the global batch).
+* :func:`ensure_standin` (``--standin``) writes ``models/standin/`` from :data:`~llm_companion.recipes.STANDIN`.
+* :func:`run_recipe` (``--recipe books``) writes ``models/standin-books-<recipe id>/`` in OpenAI's checkpoint
+  layout with the corpus manifest and ``SHA256SUMS``, the form a published stand-in is read from.
 """
 from __future__ import annotations
 
@@ -15,34 +18,27 @@ import contextlib
 import hashlib
 import json
 import shutil
-import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import distributed
-from .artifacts import fetch, models_dir
-from .checkpoint import CheckpointError, load_model, save_model, verify_dir
+from . import distributed, recipes, training
+from .artifacts import REGISTRY, fetch, models_dir
+from .atomic import publish_dir, temp_dir_beside
+from .checkpoint import CheckpointError, save_model, seal, verify_dir
 from .config import GPTConfig
-from .tokenizer import encode_text
-from .training import TrainConfig, train
+from .corpus import MANIFEST, Corpus, books_corpus, corpus_tokens, split_tokens
+from .dataset import GPTDataset
+from .generation import generate
+from .gpt2 import write_tf_checkpoint
+from .model import GPTModel
+from .recipes import RECIPES, Recipe, get_recipe
+from .tokenizer import gpt2_tokenizer
 
-# The stand-in: GPT-2 shaped (GPT-2 vocabulary, tied weights, qkv bias) so the GPT-2 loaders and tokenizer
-# apply unchanged; narrow and shallow so a CPU run of a couple of minutes learns something. Most of the
-# cost is the 50,257-way output layer, so a narrow model sees more tokens per second; for a fixed number of
-# tokens, many small batches beat few large ones this early in training (a sweep at ~246k tokens: val loss
-# 6.01 for width 96 × 3 layers with batches of 16, 5.34 for this shape with batches of 2). 600 steps
-# (154k tokens) take about 2.3 minutes on two idle CPU cores. A peak lr of 2e-3 reached val 5.59 (seed 123)
-# and 5.50 (seed 7), against 5.80 and 5.50 at 3e-3: lower, and less sensitive to the seed.
-STANDIN: dict[str, Any] = dict(
-    corpus=("tinyshakespeare", "the-verdict"),
-    model=dict(vocab_size=50257, context_length=128, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0,
-               qkv_bias=True, tie_weights=True),
-    steps=600, batch_size=2, lr=2e-3, warmup_steps=50, min_lr=2e-4, weight_decay=0.1, grad_clip=1.0,
-    bf16=False, seed=123, val_fraction=0.1, eval_batches=64,
-)
 STANDIN_DIR = "standin"
 PROMPT = "Every effort moves you"
 
@@ -52,12 +48,30 @@ class PretrainError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ data
-def read_corpus(sources: list[str] | tuple[str, ...]) -> list[tuple[str, str, str]]:
-    """``[(label, text, sha256)]`` for artifact names or paths to UTF-8 text files."""
-    from .artifacts import REGISTRY
+@dataclass
+class TokenSplits:
+    """A recipe's corpus as token ids, and what ``metrics.json`` records of where they came from."""
 
+    train: torch.Tensor          # (n_train,) int64
+    val: torch.Tensor            # (n_val,) int64
+    about: dict[str, Any]        # {"corpus": {name: sha256}} or the books corpus's digest and size
+    manifest: str | None = None  # the books corpus's CORPUS-MANIFEST.sha256, published beside the model
+
+
+def _ids(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a.astype(np.int64))
+
+
+def books_splits(corpus: Corpus, train: np.ndarray, val: np.ndarray) -> TokenSplits:
+    """The books corpus's splits (from :func:`llm_companion.corpus.corpus_tokens`) with its identity."""
+    about = {"corpus_sha256": corpus.sha256, "corpus_works": len(corpus.works)}
+    return TokenSplits(_ids(train), _ids(val), about, corpus.manifest())
+
+
+def read_corpus(sources: str | tuple[str, ...] | list[str]) -> list[tuple[str, str, str]]:
+    """``[(label, text, sha256)]`` for artifact names or paths to UTF-8 text files."""
     out = []
-    for src in sources:
+    for src in (sources,) if isinstance(sources, str) else sources:
         path = Path(src)
         if not path.is_file():
             if src not in REGISTRY:
@@ -69,24 +83,18 @@ def read_corpus(sources: list[str] | tuple[str, ...]) -> list[tuple[str, str, st
     return out
 
 
-def token_splits(texts: list[str], tokenizer, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize each text, split each one into its first (1-val_fraction) and last val_fraction, and join
-    the parts with ``<|endoftext|>`` so both splits contain every source."""
-    eot = tokenizer.eot_token
-    train_ids: list[int] = []
-    val_ids: list[int] = []
-    for text in texts:
-        ids = encode_text(tokenizer, text)  # the sources are joined with the real token below
-        cut = int(len(ids) * (1 - val_fraction))
-        train_ids += ids[:cut] + [eot]
-        val_ids += ids[cut:] + [eot]
-    return torch.tensor(train_ids), torch.tensor(val_ids)
+def corpus_for(recipe: Recipe, *, verbose: bool = True) -> TokenSplits:
+    """The recipe's corpus split by the one rule, :func:`llm_companion.corpus.split_tokens` (books: cached)."""
+    if recipe.corpus == "books":
+        corpus = books_corpus(verbose=verbose)
+        return books_splits(corpus, *corpus_tokens(corpus, val_fraction=recipe.val_fraction, verbose=verbose))
+    sources = read_corpus(recipe.corpus)
+    train, val = split_tokens([text for _, text, _ in sources], gpt2_tokenizer(), recipe.val_fraction)
+    return TokenSplits(_ids(train), _ids(val), {"corpus": {label: sha for label, _, sha in sources}})
 
 
 def make_loader(ids: torch.Tensor, *, context: int, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     """Non-overlapping windows of ``context`` tokens; ``batch_size`` is the global batch (split over processes)."""
-    from .dataset import GPTDataset
-
     world = distributed.world_size()
     if batch_size % world:
         raise PretrainError(f"--batch-size {batch_size} is not divisible by the {world} processes; "
@@ -98,93 +106,139 @@ def make_loader(ids: torch.Tensor, *, context: int, batch_size: int, shuffle: bo
 
 
 # ----------------------------------------------------------------------------------------------- train
-def pretrain(corpus, model_cfg: GPTConfig, *, out: str | Path, steps: int, batch_size: int, lr: float,
-             warmup_steps: int = 0, min_lr: float | None = None, weight_decay: float = 0.1,
-             grad_clip: float | None = 1.0, bf16: bool = False, seed: int = 123, val_fraction: float = 0.1,
-             eval_every: int | None = None, eval_batches: int | None = 16, checkpoint_every: int | None = 50,
-             resume: bool = False, device: str | torch.device | None = None, verbose: bool = True):
-    """Train a fresh :class:`GPTModel` on ``corpus`` for ``steps`` steps and return ``(model, history, metrics)``.
+class PretrainRun(NamedTuple):
+    model: GPTModel           # on the CPU, in training mode
+    history: training.History
+    metrics: dict[str, Any]   # what metrics.json records (see :func:`run_metrics`)
+    splits: TokenSplits
 
-    Checkpoints go to ``out/checkpoints/`` (``resume=True`` continues from them); the finished model to
-    ``out/model/`` (``model.safetensors``, ``config.json``, ``metrics.json``, ``history.json``), written
-    atomically. Only rank 0 writes.
+
+def train_config(recipe: Recipe, *, verbose: bool = True) -> training.TrainConfig:
+    """The training loop's settings for ``recipe`` (a fixed number of steps, no text samples)."""
+    return training.TrainConfig(
+        epochs=None, max_steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
+        warmup_steps=recipe.warmup_steps, min_lr=recipe.min_lr, grad_clip=recipe.grad_clip, bf16=recipe.bf16,
+        eval_every=recipe.eval_every, eval_batches=recipe.eval_batches, sample_every=None,
+        checkpoint_every=recipe.checkpoint_every, seed=recipe.seed, verbose=verbose)
+
+
+def pretrain(recipe: Recipe, *, out: str | Path, resume: bool = False, device: str | torch.device | None = None,
+             verbose: bool = True) -> PretrainRun:
+    """Train a fresh :class:`GPTModel` as ``recipe`` says; checkpoints go to ``out/checkpoints/``.
+
+    ``resume=True`` continues from the newest checkpoint there and ends with the weights an uninterrupted run
+    gives (:func:`llm_companion.training.train`). Publishing the model is the caller's job.
     """
-    from .model import GPTModel
-    from .tokenizer import gpt2_tokenizer
-
-    out = Path(out)
+    cfg = GPTConfig(**recipe.model)
     tok = gpt2_tokenizer()
-    if model_cfg.vocab_size < tok.n_vocab:
-        raise PretrainError(f"vocab_size {model_cfg.vocab_size} is smaller than the GPT-2 tokenizer's "
+    if cfg.vocab_size < tok.n_vocab:
+        raise PretrainError(f"vocab_size {cfg.vocab_size} is smaller than the GPT-2 tokenizer's "
                             f"{tok.n_vocab}; use vocab_size={tok.n_vocab}")
-    sources = read_corpus(corpus)
-    train_ids, val_ids = token_splits([t for _, t, _ in sources], tok, val_fraction)
-    context = model_cfg.context_length
-    train_loader = make_loader(train_ids, context=context, batch_size=batch_size, shuffle=True, seed=seed)
-    val_loader = make_loader(val_ids, context=context, batch_size=batch_size, shuffle=False, seed=seed)
-
-    torch.manual_seed(seed)
-    model = GPTModel(model_cfg)
-    cfg = TrainConfig(epochs=None, max_steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                      min_lr=min_lr, grad_clip=grad_clip, bf16=bf16,
-                      eval_every=steps if eval_every is None else eval_every,
-                      eval_batches=eval_batches, sample_every=None, checkpoint_every=checkpoint_every,
-                      seed=seed, verbose=verbose)
-    history = train(model, train_loader, val_loader, cfg, checkpoint_dir=out / "checkpoints", resume=resume,
-                    device=device)
-    seconds = history.wall_time[-1]  # includes the time before a resume
+    splits = corpus_for(recipe, verbose=verbose)
+    ctx = cfg.context_length
+    loaders = [make_loader(ids, context=ctx, batch_size=recipe.batch_size, shuffle=shuffle, seed=recipe.seed)
+               for ids, shuffle in ((splits.train, True), (splits.val, False))]
+    if verbose and distributed.is_main():
+        print(f"recipe {recipe.name} ({recipe.recipe_id}): {cfg.n_layers} layers × {cfg.emb_dim}, context {ctx}, "
+              f"{recipe.steps:,} steps × {recipe.batch_size} × {ctx} = {recipe.tokens:,} tokens of "
+              f"{len(splits.train):,} ({recipe.tokens / len(splits.train):.2f} epoch), bf16 {recipe.bf16}")
+    torch.manual_seed(recipe.seed)
+    model = GPTModel(cfg)
+    history = training.train(model, *loaders, train_config(recipe, verbose=verbose),
+                             checkpoint_dir=Path(out) / "checkpoints", resume=resume, device=device)
     model.to("cpu")
-    metrics = {
-        "train_loss": history.train_loss[-1], "val_loss": history.val_loss[-1],
+    return PretrainRun(model, history, run_metrics(recipe, model, history, splits, tok), splits)
+
+
+def run_metrics(recipe: Recipe, model: GPTModel, history: training.History, splits: TokenSplits,
+                tokenizer) -> dict[str, Any]:
+    """What a finished run records: the recipe and its id, the corpus, losses by step, time, a greedy sample."""
+    base = RECIPES.get(recipe.name)
+    return {
+        "recipe": recipe.to_dict(), "recipe_id": recipe.recipe_id, "note": recipe.note,
+        "trial_of": base.recipe_id if base is not None and base.steps != recipe.steps else None,
+        **splits.about, "train_tokens": int(len(splits.train)), "val_tokens": int(len(splits.val)),
+        "parameters": sum(p.numel() for p in model.parameters()), "processes": distributed.world_size(),
         "steps": history.steps[-1], "tokens_seen": history.tokens_seen[-1],
-        "seconds": round(seconds, 1), "seed": seed, "batch_size": batch_size, "lr": lr,
-        "warmup_steps": warmup_steps, "min_lr": min_lr, "bf16": bf16,
-        "processes": distributed.world_size(), "eval_batches": eval_batches,
-        "corpus": {label: sha for label, _, sha in sources},
-        "train_tokens": int(train_ids.numel()), "val_tokens": int(val_ids.numel()),
-        "torch": torch.__version__, "sample": sample_text(model, tok),
+        "seconds": round(history.wall_time[-1], 1),  # includes the time before a resume
+        "train_loss": history.train_loss[-1], "val_loss": history.val_loss[-1],
+        "losses": [{"step": s, "tokens": t, "train_loss": tr, "val_loss": va} for s, t, tr, va in
+                   zip(history.steps, history.tokens_seen, history.train_loss, history.val_loss, strict=True)],
+        "sample": sample_text(model, tokenizer), "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
-    if distributed.is_main():
-        save_model(model, out / "model", extra={"metrics.json": metrics, "history.json": history.to_dict()})
-    distributed.barrier()
-    return model, history, metrics
 
 
 def sample_text(model, tokenizer, prompt: str = PROMPT, max_new_tokens: int = 25) -> str:
     """Greedy continuation of ``prompt`` (a quick look at what the model learned)."""
-    from .generation import generate
-
     idx = torch.tensor([tokenizer.encode(prompt)], device=next(model.parameters()).device)
     return tokenizer.decode(generate(model, idx, max_new_tokens)[0].tolist())
 
 
+def _summary(where: Path, m: dict[str, Any]) -> str:
+    return (f"{where}: train loss {m['train_loss']:.3f}, val loss {m['val_loss']:.3f}, {m['steps']} steps, "
+            f"{m['tokens_seen']:,} tokens, {m['seconds']:.0f} s\nsample: {m['sample']!r}")
+
+
+# ------------------------------------------------------------------------------------- the books recipe
+def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False,
+               device: str | torch.device = "cpu", verbose: bool = True) -> Path:
+    """Train ``recipe`` and publish ``<out>/<recipe.folder_name>/`` atomically; return that folder.
+
+    ``out`` defaults to ``models/``. Checkpoints live in ``<out>/.<name>-run-<recipe id>/`` until the
+    folder is published; ``resume=True`` continues from the newest of them (else they are discarded).
+    """
+    out = Path(out) if out is not None else models_dir()
+    final = out / recipe.folder_name
+    work = out / f".{recipe.name}-run-{recipe.recipe_id}"
+    if not resume and work.exists():
+        shutil.rmtree(work)  # checkpoints of an earlier attempt: start over, as asked
+    run = pretrain(recipe, out=work, resume=resume, device=device, verbose=verbose)
+    publish_openai_folder(run, final)
+    shutil.rmtree(work, ignore_errors=True)
+    if verbose:
+        print(_summary(final, run.metrics))
+    return final
+
+
+def publish_openai_folder(run: PretrainRun, final: Path) -> None:
+    """Write ``final/`` atomically: OpenAI's checkpoint files, metrics, history, corpus manifest, SHA256SUMS."""
+    tmp = temp_dir_beside(final)
+    try:
+        write_tf_checkpoint(run.model, tmp, tokenizer_files=True)
+        (tmp / "metrics.json").write_text(json.dumps(run.metrics, indent=1, sort_keys=True))
+        (tmp / "history.json").write_text(json.dumps(run.history.to_dict(), indent=1, sort_keys=True))
+        if run.splits.manifest is not None:
+            (tmp / MANIFEST).write_bytes(run.splits.manifest.encode("utf-8"))
+        seal(tmp)
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 # -------------------------------------------------------------------------------------------- stand-in
 def standin_dir() -> Path:
+    """``models/standin/``, where :func:`ensure_standin` keeps the local stand-in."""
     return models_dir() / STANDIN_DIR
 
 
 def ensure_standin(*, force: bool = False, verbose: bool = True) -> Path:
     """Return ``models/standin/`` (``model.safetensors``, ``config.json``, ``metrics.json``), training it
-    with the :data:`STANDIN` recipe first if it is missing, fails verification, was made with another
-    recipe, or ``force`` is set.
+    with :data:`~llm_companion.recipes.STANDIN` first if it is missing, fails verification, was made with
+    another recipe, or ``force`` is set.
 
     The directory appears atomically; a killed training resumes from its checkpoints in
-    ``models/.standin-run-<recipe hash>/`` the next time.
+    ``models/.standin-run-<recipe id>/`` the next time.
     """
     final = standin_dir()
     final.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(final.parent / ".standin.lock"):  # one trainer at a time; the others wait, then reuse
-        if not force and _standin_ok(final, verbose):
+        if not force and _standin_ok(final, recipes.STANDIN, verbose):
             return final
-        return _train_standin(final, verbose)
+        return _train_standin(final, recipes.STANDIN, verbose)
 
 
-def standin_recipe_id() -> str:
-    """A short hash of :data:`STANDIN`; a stand-in trained with another recipe is retrained."""
-    return hashlib.sha256(json.dumps(STANDIN, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _standin_ok(final: Path, verbose: bool) -> bool:
+def _standin_ok(final: Path, recipe: Recipe, verbose: bool) -> bool:
     if not final.is_dir():
         return False
     try:
@@ -195,7 +249,7 @@ def _standin_ok(final: Path, verbose: bool) -> bool:
         if verbose:
             print(f"retraining the stand-in: {e}")
         return False
-    if json.loads((final / "metrics.json").read_text()).get("recipe_id") != standin_recipe_id():
+    if json.loads((final / "metrics.json").read_text()).get("recipe_id") != recipe.recipe_id:
         if verbose:
             print("retraining the stand-in: it was made with an older recipe")
         return False
@@ -206,7 +260,7 @@ def _standin_ok(final: Path, verbose: bool) -> bool:
 def _exclusive(lock_file: Path):
     """An advisory inter-process lock (POSIX ``flock``; a no-op where it is unavailable)."""
     try:
-        import fcntl
+        import fcntl  # POSIX only
     except ImportError:  # Windows
         yield
         return
@@ -218,30 +272,19 @@ def _exclusive(lock_file: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _train_standin(final: Path, verbose: bool) -> Path:
-    r = STANDIN
-    recipe_id = standin_recipe_id()
-    work = models_dir() / f".standin-run-{recipe_id}"  # checkpoints of another recipe are never resumed
-    if verbose:
-        print(f"training the stand-in ({r['steps']} steps, batch {r['batch_size']}×{r['model']['context_length']}"
-              f" tokens, seed {r['seed']}) on {', '.join(r['corpus'])}")
-    _, _, metrics = pretrain(
-        list(r["corpus"]), GPTConfig(**r["model"]), out=work, steps=r["steps"], batch_size=r["batch_size"],
-        lr=r["lr"], warmup_steps=r["warmup_steps"], min_lr=r["min_lr"], weight_decay=r["weight_decay"],
-        grad_clip=r["grad_clip"], bf16=r["bf16"], seed=r["seed"], val_fraction=r["val_fraction"],
-        eval_batches=r["eval_batches"], checkpoint_every=100, resume=True, device="cpu", verbose=verbose)
-    # publish: copy the finished model (not the checkpoints) to models/standin atomically
-    model = load_model(work / "model")
-    save_model(model, final, extra={"metrics.json": {**metrics, "recipe": r, "recipe_id": recipe_id}})
+def _train_standin(final: Path, recipe: Recipe, verbose: bool) -> Path:
+    work = models_dir() / f".{recipe.name}-run-{recipe.recipe_id}"  # another recipe's checkpoints never resume
+    run = pretrain(recipe, out=work, resume=True, device="cpu", verbose=verbose)
+    save_model(run.model, final, extra={"metrics.json": run.metrics})
     shutil.rmtree(work, ignore_errors=True)
     if verbose:
-        print(f"stand-in: train loss {metrics['train_loss']:.3f}, val loss {metrics['val_loss']:.3f} "
-              f"after {metrics['steps']} steps ({metrics['tokens_seen']:,} tokens, {metrics['seconds']:.0f} s)")
+        print(_summary(final, run.metrics))
     return final
 
 
 # ------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
+    """The flags of ``llm-companion pretrain``."""
     p.add_argument("--corpus", nargs="+", default=["tinyshakespeare", "the-verdict"],
                    help="artifact names or text files (default: tinyshakespeare the-verdict)")
     p.add_argument("--preset", default="gpt-mini", help="GPTConfig preset (default gpt-mini)")
@@ -262,45 +305,45 @@ def add_arguments(p) -> None:
     p.add_argument("--standin", action="store_true",
                    help="train (or report) the stand-in model in models/standin with its fixed recipe")
     p.add_argument("--force", action="store_true", help="with --standin: retrain even if it exists")
-    from .recipes import RECIPES
-
     p.add_argument("--recipe", default=None, choices=sorted(RECIPES),
                    help="train a fixed recipe (llm_companion.recipes) and write models/standin-<recipe>-<id>/; "
                         "uses --steps, --resume, --out, --device only")
 
 
-def main(args) -> int:
-    if args.recipe:
-        from .recipes import main as recipe_main
+def recipe_from_args(args) -> Recipe:
+    """The recipe the command's flags describe (``--corpus``, ``--preset``, ``--steps``, …)."""
+    cfg = GPTConfig.preset(args.preset, **({"context_length": args.context} if args.context else {}))
+    return Recipe(
+        name="custom", corpus=tuple(args.corpus), model=asdict(cfg), steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, warmup_steps=args.steps // 10 if args.warmup is None else args.warmup,
+        min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, bf16=args.bf16, seed=args.seed,
+        eval_every=args.steps if args.eval_every is None else args.eval_every, eval_batches=16,
+        checkpoint_every=args.checkpoint_every)
 
-        return recipe_main(args)
-    if args.steps is None:
-        args.steps = 200
+
+def main(args) -> int:
+    """``llm-companion pretrain``: a recipe (``--recipe``), the stand-in (``--standin``) or the flags' own run."""
+    if args.recipe:
+        recipe = get_recipe(args.recipe)
+        if args.steps is not None:
+            recipe = recipe.with_steps(args.steps)
+        run_recipe(recipe, out=args.out, resume=args.resume, device=args.device or "cpu")
+        return 0
     if args.standin:
         path = ensure_standin(force=args.force)
-        m = json.loads((path / "metrics.json").read_text())
-        print(f"{path}: train loss {m['train_loss']:.3f}, val loss {m['val_loss']:.3f}, {m['steps']} steps, "
-              f"{m['tokens_seen']:,} tokens, {m['seconds']:.0f} s\nsample: {m['sample']!r}")
+        print(_summary(path, json.loads((path / "metrics.json").read_text())))
         return 0
+    if args.steps is None:
+        args.steps = 200
     info = distributed.setup(device=args.device)
     try:
-        overrides = {"context_length": args.context} if args.context else {}
-        cfg = GPTConfig.preset(args.preset, **overrides)
         out = Path(args.out) if args.out else models_dir() / "pretrain"
-        _, _, m = pretrain(args.corpus, cfg, out=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           warmup_steps=args.steps // 10 if args.warmup is None else args.warmup,
-                           min_lr=args.lr / 10 if args.min_lr is None else args.min_lr, bf16=args.bf16,
-                           seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                           resume=args.resume, device=info.device)
+        run = pretrain(recipe_from_args(args), out=out, resume=args.resume, device=info.device)
         if distributed.is_main():
-            print(f"{out / 'model'}: train loss {m['train_loss']:.3f}, val loss {m['val_loss']:.3f}, "
-                  f"{m['steps']} steps, {m['tokens_seen']:,} tokens, {m['seconds']:.0f} s\nsample: {m['sample']!r}")
+            save_model(run.model, out / "model",
+                       extra={"metrics.json": run.metrics, "history.json": run.history.to_dict()})
+            print(_summary(out / "model", run.metrics))
+        distributed.barrier()
     finally:
         distributed.cleanup()
     return 0
-
-
-if __name__ == "__main__":  # python -m llm_companion.pretrain … (what torchrun launches)
-    from .cli import main as cli_main
-
-    sys.exit(cli_main(["pretrain", *sys.argv[1:]]))

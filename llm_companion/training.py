@@ -379,103 +379,140 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
     rng = (isolated_rng(cfg.seed if resume_state is None else None) if cfg.seed is not None
            else contextlib.nullcontext())
     with rng:
-        _run(model, train_loader, val_loader, cfg, pos, resume_state, loss_fn=loss_fn, eval_fn=eval_fn,
-             sample_fn=sample_fn, checkpoint_dir=checkpoint_dir, device=device, optimizer=optimizer,
-             n_batches=n_batches, n_steps=n_steps)
+        _Loop(model, train_loader, val_loader, cfg, pos, resume_state, loss_fn=loss_fn, eval_fn=eval_fn,
+              sample_fn=sample_fn, checkpoint_dir=checkpoint_dir, device=device, optimizer=optimizer,
+              n_batches=n_batches, n_steps=n_steps).run()
     model.eval()
     return pos.history
 
 
-def _run(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, pos: _Position,
-         resume_state: dict[str, Any] | None, *, loss_fn: Callable, eval_fn: Callable | None,
-         sample_fn: Callable | None, checkpoint_dir, device: torch.device, optimizer, n_batches: int,
-         n_steps: int) -> None:
-    """The loop of :func:`train`: optimizer steps from ``pos`` to ``n_steps``, with the periodic work."""
-    main = distributed.is_main()
-    world = distributed.world_size()
-    net = distributed.wrap_model(model) if distributed.is_distributed() else model
-    start = time.perf_counter()
+class _Loop:
+    """The loop of :func:`train`: optimizer steps from ``pos`` to ``n_steps``, with the periodic work.
 
-    def elapsed() -> float:
-        return pos.elapsed0 + time.perf_counter() - start
+    One object holds what every step reads (model, data, settings, position), so each piece of the loop is
+    a short method: a micro-batch's forward and backward, the optimizer step, and the periodic work
+    (losses, evaluation, samples, checkpoints) that follows a step.
+    """
 
-    bar = progress(total=n_steps, initial=pos.step, desc="training", unit="step", disable=not main)
-    losses = _StepLosses(pos.history, bar)
-    micro = 0
-    running = None  # summed on the device: reading a GPU value every step would stall the GPU
-    epoch_end_pending = False
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    try:
-        while pos.step < n_steps and (cfg.epochs is None or pos.epoch < cfg.epochs):
-            distributed.set_sampler_epoch(train_loader, pos.epoch)
-            it, epoch_order = _epoch_batches(train_loader, resume_state, pos.batch_in_epoch)
-            resume_state = None
-            for batch in it:
-                pos.batch_in_epoch += 1
-                batch = to_device(batch, device)
-                micro += 1
-                sync = micro == cfg.grad_accum_steps
-                ctx = net.no_sync() if (net is not model and not sync) else contextlib.nullcontext()
-                with ctx:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                        loss = loss_fn(net, batch)
-                    (loss / cfg.grad_accum_steps).backward()
-                running = loss.detach().float() if running is None else running + loss.detach().float()
-                first = _first_tensor(batch)
-                if first is not None:
-                    pos.tokens += first.numel() * world
-                    pos.examples += first.shape[0] * world
-                if not sync:
-                    continue
-                lr = lr_at(pos.step, cfg, n_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                pos.step += 1
-                losses.add(running / cfg.grad_accum_steps)
-                micro, running = 0, None
-                bar.update(1)
+    def __init__(self, model: nn.Module, train_loader, val_loader, cfg: TrainConfig, pos: _Position,
+                 resume_state: dict[str, Any] | None, *, loss_fn: Callable, eval_fn: Callable | None,
+                 sample_fn: Callable | None, checkpoint_dir, device: torch.device, optimizer, n_batches: int,
+                 n_steps: int) -> None:
+        self.model, self.train_loader, self.val_loader, self.cfg = model, train_loader, val_loader, cfg
+        self.pos, self.resume_state = pos, resume_state
+        self.loss_fn, self.eval_fn, self.sample_fn = loss_fn, eval_fn, sample_fn
+        self.checkpoint_dir, self.device, self.optimizer = checkpoint_dir, device, optimizer
+        self.n_batches, self.n_steps = n_batches, n_steps
+        self.main, self.world = distributed.is_main(), distributed.world_size()
+        self.net = distributed.wrap_model(model) if distributed.is_distributed() else model
+        self.micro = 0           # micro-batches accumulated towards the next optimizer step
+        self.running = None      # their summed loss, on the device: reading a GPU value every step would stall it
+        self.epoch_end_pending = False  # an accumulation straddled the epoch's end: report it at its step
 
-                epoch_ended = pos.batch_in_epoch == n_batches or epoch_end_pending
-                epoch_end_pending = False
-                epoch_pos = pos.epoch + pos.batch_in_epoch / n_batches
-                last = pos.step == n_steps
-                if pos.step % cfg.log_every == 0 or last:
-                    losses.flush()
-                if cfg.eval_every is not None and (_due(cfg.eval_every, pos.step, epoch_ended) or last):
-                    losses.flush()
-                    _record_evaluation(pos, model, train_loader, val_loader, cfg, loss_fn=loss_fn, eval_fn=eval_fn,
-                                       device=device, epoch_pos=epoch_pos, lr=lr, elapsed=elapsed,
-                                       verbose=main and cfg.verbose)
-                if sample_fn is not None and cfg.sample_every is not None and main and (
-                        _due(cfg.sample_every, pos.step, epoch_ended) or last):
-                    # only rank 0 generates; nothing collective happens inside sample_fn
-                    text = sample_fn(model)
-                    pos.history.samples.append({"step": pos.step, "epoch": round(epoch_pos, 6), "text": text})
-                    if cfg.verbose:
-                        print(f"sample @ step {pos.step}: {text!r}")
-                if checkpoint_dir is not None and (_due(cfg.checkpoint_every, pos.step, epoch_ended) or last):
-                    losses.flush()
-                    state = _checkpoint_state(pos, cfg, train_loader, epoch_order, n_batches, elapsed())
-                    if main:
-                        save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, state=state,
-                                        step=pos.step, keep=cfg.keep_checkpoints)
-                    distributed.barrier()
-                if pos.step >= n_steps:
+    def elapsed(self) -> float:
+        return self.pos.elapsed0 + time.perf_counter() - self.start
+
+    def run(self) -> None:
+        self.start = time.perf_counter()
+        self.bar = progress(total=self.n_steps, initial=self.pos.step, desc="training", unit="step",
+                            disable=not self.main)
+        self.losses = _StepLosses(self.pos.history, self.bar)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            while self.pos.step < self.n_steps and (self.cfg.epochs is None or self.pos.epoch < self.cfg.epochs):
+                if not self._epoch():
                     break
-            else:  # the epoch ran out of batches
-                pos.epoch += 1
-                pos.batch_in_epoch = 0
-                epoch_end_pending = micro > 0  # an accumulation straddles the boundary: report at its step
-                continue
-            break
-        losses.flush()
-    finally:
-        bar.close()
+            self.losses.flush()
+        finally:
+            self.bar.close()
+
+    def _epoch(self) -> bool:
+        """The (rest of the) epoch's batches; False when the last step came before the epoch's end."""
+        pos = self.pos
+        distributed.set_sampler_epoch(self.train_loader, pos.epoch)
+        it, epoch_order = _epoch_batches(self.train_loader, self.resume_state, pos.batch_in_epoch)
+        self.resume_state = None
+        for batch in it:
+            pos.batch_in_epoch += 1
+            if self._forward_backward(to_device(batch, self.device)):
+                lr = self._optimizer_step()
+                self._after_step(lr, epoch_order)
+            if pos.step >= self.n_steps:
+                return False
+        pos.epoch += 1
+        pos.batch_in_epoch = 0
+        self.epoch_end_pending = self.micro > 0
+        return True
+
+    def _forward_backward(self, batch) -> bool:
+        """Accumulate one micro-batch's gradients; True when an optimizer step is due."""
+        cfg, pos = self.cfg, self.pos
+        self.micro += 1
+        sync = self.micro == cfg.grad_accum_steps
+        ctx = self.net.no_sync() if (self.net is not self.model and not sync) else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = self.loss_fn(self.net, batch)
+            (loss / cfg.grad_accum_steps).backward()
+        self.running = loss.detach().float() if self.running is None else self.running + loss.detach().float()
+        first = _first_tensor(batch)
+        if first is not None:
+            pos.tokens += first.numel() * self.world
+            pos.examples += first.shape[0] * self.world
+        return sync
+
+    def _optimizer_step(self) -> float:
+        """Set the scheduled learning rate, clip, step; return the learning rate used."""
+        cfg = self.cfg
+        lr = lr_at(self.pos.step, cfg, self.n_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.step += 1
+        self.losses.add(self.running / cfg.grad_accum_steps)
+        self.micro, self.running = 0, None
+        self.bar.update(1)
+        return lr
+
+    def _after_step(self, lr: float, epoch_order: dict[str, Any]) -> None:
+        """The periodic work due at this step: step losses, evaluation, a sample, a checkpoint."""
+        cfg, pos = self.cfg, self.pos
+        epoch_ended = pos.batch_in_epoch == self.n_batches or self.epoch_end_pending
+        self.epoch_end_pending = False
+        epoch_pos = pos.epoch + pos.batch_in_epoch / self.n_batches
+        last = pos.step == self.n_steps
+        if pos.step % cfg.log_every == 0 or last:
+            self.losses.flush()
+        if cfg.eval_every is not None and (_due(cfg.eval_every, pos.step, epoch_ended) or last):
+            self.losses.flush()
+            _record_evaluation(pos, self.model, self.train_loader, self.val_loader, cfg, loss_fn=self.loss_fn,
+                               eval_fn=self.eval_fn, device=self.device, epoch_pos=epoch_pos, lr=lr,
+                               elapsed=self.elapsed, verbose=self.main and cfg.verbose)
+        if self.sample_fn is not None and cfg.sample_every is not None and self.main and (
+                _due(cfg.sample_every, pos.step, epoch_ended) or last):
+            self._sample(epoch_pos)
+        if self.checkpoint_dir is not None and (_due(cfg.checkpoint_every, pos.step, epoch_ended) or last):
+            self._checkpoint(epoch_order)
+
+    def _sample(self, epoch_pos: float) -> None:
+        # only rank 0 generates; nothing collective happens inside sample_fn
+        text = self.sample_fn(self.model)
+        self.pos.history.samples.append({"step": self.pos.step, "epoch": round(epoch_pos, 6), "text": text})
+        if self.cfg.verbose:
+            print(f"sample @ step {self.pos.step}: {text!r}")
+
+    def _checkpoint(self, epoch_order: dict[str, Any]) -> None:
+        self.losses.flush()
+        state = _checkpoint_state(self.pos, self.cfg, self.train_loader, epoch_order, self.n_batches,
+                                  self.elapsed())
+        if self.main:
+            save_checkpoint(self.checkpoint_dir, model=self.model, optimizer=self.optimizer, state=state,
+                            step=self.pos.step, keep=self.cfg.keep_checkpoints)
+        distributed.barrier()
 
 
 # ---------------------------------------------------------------------------------------------- plots

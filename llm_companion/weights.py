@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, profile
+from . import artifacts, pretrain, profile
 from .artifacts import (
     GPT2_CHECKPOINT_FILES,
     GPT2_HF_REPOS,
@@ -36,9 +36,9 @@ from .artifacts import (
     mirror_dirs,
     models_dir,
     project_home,
-    sha256_of,
+    remembered_sha256,
 )
-from .atomic import publish_dir, temp_dir_beside, write_json
+from .atomic import publish_dir, temp_dir_beside
 from .checkpoint import SUMS, CheckpointError, load_model, verify_dir
 from .config import GPTConfig
 from .convert import config_from_hf
@@ -140,35 +140,33 @@ def _display(path: Path, extra_roots: tuple[tuple[Path, str], ...] = ()) -> str:
 
 
 # ------------------------------------------------------------------------- the reader's own GPT-2 files
-def _hash_cache_file() -> Path:
-    return models_dir() / ".gpt2-dir-sha256.json"
-
-
 def cached_sha256(path: Path) -> str:
-    """sha256 of ``path``, remembered by (size, mtime) in ``models/.gpt2-dir-sha256.json``.
+    """sha256 of ``path``, remembered by (size, mtime) in a stamp under ``models/.sha256/``.
 
-    A 500 MB checkpoint takes seconds to hash; a reader's folder may be read-only, so the cache lives in
-    ``models/`` rather than beside the file (the registry's own ``.verified`` stamps do the latter).
+    A 500 MB checkpoint takes seconds to hash; a reader's folder may be read-only, so the stamp lives in
+    ``models/`` rather than beside the file (:func:`~llm_companion.artifacts.remembered_sha256` does both).
     """
     path = path.resolve()
-    st = path.stat()
-    key, stamp = str(path), [st.st_size, st.st_mtime_ns]
-    cache_file = _hash_cache_file()
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    entry = cache.get(key) if isinstance(cache, dict) else None
-    if isinstance(entry, list) and entry[:2] == stamp and len(entry) == 3:
-        return entry[2]
-    digest = sha256_of(path)
-    cache = cache if isinstance(cache, dict) else {}
-    cache[key] = [*stamp, digest]
-    try:
-        write_json(cache_file, cache)
-    except OSError:
-        pass  # an unwritable models/ only costs the hashing next time
-    return digest
+    name = hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:16]
+    return remembered_sha256(path, models_dir() / ".sha256" / f"{name}-{path.name}.json")
+
+
+def folder_format(folder: Path) -> str | None:
+    """Which checkpoint layout ``folder`` holds, by its files; the one test :func:`load_pretrained` and
+    ``llm-companion generate`` share.
+
+    ``"openai-gpt2"``: OpenAI's (``hparams.json``, ``model.ckpt.index``, ``model.ckpt.data-00000-of-00001``);
+    ``"saved"``: :func:`~llm_companion.checkpoint.save_model`'s (``model.safetensors``, ``config.json``,
+    ``SHA256SUMS``); ``"hf-safetensors"``: a Hugging Face ``model.safetensors``; ``None``: none of them.
+    """
+    has = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
+    if set(OPENAI_WEIGHT_FILES) <= has:
+        return "openai-gpt2"
+    if {HF_WEIGHT_FILE, "config.json", SUMS} <= has:
+        return "saved"
+    if HF_WEIGHT_FILE in has:
+        return "hf-safetensors"
+    return None
 
 
 def gpt2_dir_files(root: Path, size: str) -> tuple[str, Path]:
@@ -190,10 +188,9 @@ def gpt2_dir_files(root: Path, size: str) -> tuple[str, Path]:
         has = {p.name for p in folder.iterdir() if p.is_file()}
         if folder == root and not has & weight_like:
             continue  # a parent of per-size folders, not a checkpoint itself
-        if set(OPENAI_WEIGHT_FILES) <= has:
-            return "openai-gpt2", folder
-        if HF_WEIGHT_FILE in has:
-            return "hf-safetensors", folder
+        fmt = folder_format(folder)
+        if fmt is not None:  # a save_model folder is read as safetensors, and its config.json must then fit
+            return ("openai-gpt2" if fmt == "openai-gpt2" else "hf-safetensors"), folder
         if "config.json" in has and not has & {*OPENAI_WEIGHT_FILES, "model.ckpt.meta"}:
             raise WeightsDirError(f"{folder} is incomplete: {HF_WEIGHT_FILE} is missing beside its config.json")
         missing = [f for f in OPENAI_WEIGHT_FILES if f not in has]
@@ -353,8 +350,6 @@ def _read_metrics(folder: Path) -> dict[str, Any]:
 
 def _local_standin_folder() -> tuple[Path, dict[str, Any]]:
     """The library's own stand-in (trained if missing), exported to OpenAI's layout once per version."""
-    from . import pretrain
-
     source = Path(pretrain.ensure_standin())
     verify_dir(source)
     digest = hashlib.sha256((source / SUMS).read_bytes()).hexdigest()
@@ -413,18 +408,27 @@ def load_pretrained(name: str = "gpt2-small", *, weights_dir: str | os.PathLike 
                            local_path=path, verified=True, check=_registry_check(names))
         return model, info
     if not allow:
-        folder = get_artifact(f"gpt2-{size}/hparams.json").path.parent
-        needs = (f"the {profile.current()} profile needs the real ones" if allow_standin is None
-                 else "allow_standin=False asks for the real ones")
-        raise WeightsUnavailable(
-            f"GPT-2 {size} weights are not available and {needs}. "
-            f"Provide OpenAI's seven files ({', '.join(GPT2_CHECKPOINT_FILES)}) in {_display(folder)}/ "
-            f"(from https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/), or "
-            f"openai-community's model.safetensors + config.json, or set {GPT2_DIR_ENV} to a folder holding "
-            f"{size}/ with your own copy, or set LLM_COMPANION_MIRROR to a folder holding them; the stand-in "
-            f"(LLM_BOOK_PROFILE=quick, or allow_standin=True) is the alternative."
-            f"\nWhat was tried:\n" + "\n".join(failures))
+        raise _unavailable(size, allow_standin, failures)
+    return _load_standin(name, size, allow_standin, failures)
 
+
+def _unavailable(size: str, allow_standin: bool | None, failures: list[str]) -> WeightsUnavailable:
+    folder = get_artifact(f"gpt2-{size}/hparams.json").path.parent
+    needs = (f"the {profile.current()} profile needs the real ones" if allow_standin is None
+             else "allow_standin=False asks for the real ones")
+    return WeightsUnavailable(
+        f"GPT-2 {size} weights are not available and {needs}. "
+        f"Provide OpenAI's seven files ({', '.join(GPT2_CHECKPOINT_FILES)}) in {_display(folder)}/ "
+        f"(from https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/), or "
+        f"openai-community's model.safetensors + config.json, or set {GPT2_DIR_ENV} to a folder holding "
+        f"{size}/ with your own copy, or set LLM_COMPANION_MIRROR to a folder holding them; the stand-in "
+        f"(LLM_BOOK_PROFILE=quick, or allow_standin=True) is the alternative."
+        f"\nWhat was tried:\n" + "\n".join(failures))
+
+
+def _load_standin(name: str, size: str, allow_standin: bool | None,
+                  failures: list[str]) -> tuple[GPTModel, WeightsInfo]:
+    """The stand-in in GPT-2's place: a pinned published one if present, else the library's own."""
     published = published_standin()
     if published is not None:
         folder, pin = published

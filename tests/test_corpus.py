@@ -124,15 +124,20 @@ def test_a_name_in_two_archives_is_refused(archives):
         build_corpus([archives[0], archives[0]])
 
 
-def test_split_tokens_follows_pretrains_rule_per_work():
-    from llm_companion.pretrain import token_splits
-
+def test_split_tokens_gives_each_works_head_to_training_and_tail_to_validation():
     tok = gpt2_tokenizer()
     texts = ["One two three four five six seven eight nine ten.", "Short <|endoftext|> text here, yes."]
     train, val = split_tokens(texts, tok, 0.3)
-    ref_train, ref_val = token_splits(texts, tok, 0.3)
+    eot = tok.eot_token
+    ref_train, ref_val = [], []
+    for text in texts:
+        ids = tok.encode(text, disallowed_special=())  # <|endoftext|> inside a text is ordinary text
+        cut = int(len(ids) * 0.7)
+        ref_train += ids[:cut] + [eot]
+        ref_val += ids[cut:] + [eot]
     assert train.dtype == np.uint16
-    assert train.tolist() == ref_train.tolist() and val.tolist() == ref_val.tolist()
+    assert train.tolist() == ref_train and val.tolist() == ref_val
+    assert eot not in tok.encode(texts[1], disallowed_special=())
 
 
 def test_corpus_tokens_are_cached_by_corpus_digest(tmp_path, monkeypatch):

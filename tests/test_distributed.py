@@ -27,10 +27,11 @@ def _pretrain(tmp_path, out, nproc):
             "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "LLM_COMPANION_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
     if nproc == 1:
-        cmd = [sys.executable, "-m", "llm_companion.pretrain", *args]
+        cmd = [sys.executable, "-m", "llm_companion.cli", "pretrain", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "llm_companion.pretrain", *args]
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "llm_companion.cli", "pretrain",
+               *args]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout

@@ -2,29 +2,31 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
-from llm_companion import pretrain
+from llm_companion import pretrain, recipes
 from llm_companion.checkpoint import load_model
 from llm_companion.config import GPTConfig
 
-TINY = dict(pretrain.STANDIN, corpus=("the-verdict",), steps=3, batch_size=4, eval_batches=2, warmup_steps=1,
-            model=dict(pretrain.STANDIN["model"], context_length=32, emb_dim=32, n_heads=2, n_layers=1))
+TINY = replace(recipes.STANDIN, corpus=("the-verdict",), steps=3, batch_size=4, eval_batches=2, warmup_steps=1,
+               eval_every=3, model=dict(recipes.STANDIN.model, context_length=32, emb_dim=32, n_heads=2, n_layers=1))
 
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_COMPANION_HOME", str(tmp_path))
-    monkeypatch.setattr(pretrain, "STANDIN", TINY)
+    monkeypatch.setattr(recipes, "STANDIN", TINY)
     return tmp_path
 
 
 def test_standin_recipe_is_gpt2_shaped():
-    cfg = GPTConfig(**pretrain.STANDIN["model"])
+    cfg = GPTConfig(**recipes.STANDIN.model)
     assert cfg.vocab_size == 50257 and cfg.qkv_bias and cfg.tie_weights
-    assert set(pretrain.STANDIN["corpus"]) == {"tinyshakespeare", "the-verdict"}
+    assert set(recipes.STANDIN.corpus) == {"tinyshakespeare", "the-verdict"}
+    assert recipes.STANDIN.steps == 600 and not recipes.STANDIN.bf16  # a fixed step count, exact on any CPU
 
 
 @pytest.mark.slow  # trains a tiny stand-in (~6 s on two idle cores)
@@ -34,7 +36,8 @@ def test_ensure_standin_trains_once_deterministically_and_atomically(home, capsy
     assert {"model.safetensors", "config.json", "metrics.json", "SHA256SUMS"} <= {p.name for p in path.iterdir()}
     assert sorted(p.name for p in (home / "models").iterdir()) == [".standin.lock", "standin"]  # no work/temp dirs
     m = json.loads((path / "metrics.json").read_text())
-    assert m["steps"] == 3 and m["tokens_seen"] == 3 * 4 * 32 and m["seed"] == 123
+    assert m["steps"] == 3 and m["tokens_seen"] == 3 * 4 * 32 and m["recipe"]["seed"] == 123
+    assert m["recipe_id"] == TINY.recipe_id
     assert m["val_loss"] < 10.83  # below the loss of uniform guessing, ln(50257)
     assert m["corpus"] == {"the-verdict": "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"}
     assert "val loss" in capsys.readouterr().out
@@ -85,7 +88,7 @@ def test_cli_trains_writes_the_model_and_resumes(tmp_path):
 def test_a_standin_from_an_older_recipe_is_retrained(home, monkeypatch):
     path = pretrain.ensure_standin(verbose=False)
     old_id = json.loads((path / "metrics.json").read_text())["recipe_id"]
-    monkeypatch.setattr(pretrain, "STANDIN", dict(TINY, steps=2))
+    monkeypatch.setattr(recipes, "STANDIN", replace(TINY, steps=2))
     pretrain.ensure_standin(verbose=False)
     m = json.loads((path / "metrics.json").read_text())
     assert m["steps"] == 2 and m["recipe_id"] != old_id

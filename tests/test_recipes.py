@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_companion import recipes, training
+from llm_companion import pretrain, recipes, training
 from llm_companion.checkpoint import verify_dir
 from llm_companion.config import GPTConfig
 from llm_companion.corpus import BOOKS_SHA256, Corpus, Work, split_tokens
@@ -28,10 +28,16 @@ def tiny_corpus(monkeypatch):
 
     text = fetch("the-verdict").read_text(encoding="utf-8")
     corpus = Corpus(works=[Work("Wharton, Edith/A.txt", text[:8000]), Work("Wharton, Edith/B.txt", text[8000:])])
-    train, val = split_tokens(corpus.texts(), gpt2_tokenizer(), 0.1)
-    monkeypatch.setattr(recipes, "corpus_for", lambda recipe, verbose=True: (corpus, train, val))
+    splits = pretrain.books_splits(corpus, *split_tokens(corpus.texts(), gpt2_tokenizer(), 0.1))
+    monkeypatch.setattr(pretrain, "corpus_for", lambda recipe, verbose=True: splits)
     monkeypatch.setitem(recipes.RECIPES, "books", TINY)
     return corpus
+
+
+def test_the_books_recipe_still_hashes_to_its_published_id():
+    # the published folder standin-books-8aa4a3f6af86 (artifacts.PUBLISHED_STANDINS) is named by this id
+    assert recipes.BOOKS.recipe_id == "8aa4a3f6af86"
+    assert recipes.BOOKS.folder_name == "standin-books-8aa4a3f6af86"
 
 
 def test_recipe_id_hashes_every_setting_but_not_the_note():
@@ -62,7 +68,7 @@ def test_books_recipe_is_gpt2_shaped_and_uses_the_books_corpus():
 
 @pytest.mark.slow
 def test_run_publishes_a_verified_openai_folder_with_metrics(tiny_corpus, tmp_path):
-    folder = recipes.run_recipe(TINY, out=tmp_path, verbose=False)
+    folder = pretrain.run_recipe(TINY, out=tmp_path, verbose=False)
     assert folder == tmp_path / TINY.folder_name
     names = {p.name for p in folder.iterdir()}
     assert OPENAI_FILES | {"SHA256SUMS", "metrics.json", "history.json", "CORPUS-MANIFEST.sha256"} == names
@@ -80,7 +86,7 @@ def test_run_publishes_a_verified_openai_folder_with_metrics(tiny_corpus, tmp_pa
 
 @pytest.mark.slow
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_corpus, tmp_path, monkeypatch):
-    whole = recipes.run_recipe(TINY, out=tmp_path / "whole", verbose=False)
+    whole = pretrain.run_recipe(TINY, out=tmp_path / "whole", verbose=False)
 
     real_save = training.save_checkpoint
 
@@ -92,10 +98,10 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_corpus
 
     monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        recipes.run_recipe(TINY, out=tmp_path / "resumed", verbose=False)
+        pretrain.run_recipe(TINY, out=tmp_path / "resumed", verbose=False)
     monkeypatch.setattr(training, "save_checkpoint", real_save)
     assert (tmp_path / "resumed" / f".books-run-{TINY.recipe_id}" / "checkpoints" / "step-00000003").is_dir()
-    resumed = recipes.run_recipe(TINY, out=tmp_path / "resumed", resume=True, verbose=False)
+    resumed = pretrain.run_recipe(TINY, out=tmp_path / "resumed", resume=True, verbose=False)
 
     a, b = from_tf_checkpoint(whole), from_tf_checkpoint(resumed)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -115,7 +121,7 @@ def test_without_resume_old_checkpoints_are_discarded(tiny_corpus, tmp_path, mon
 
     monkeypatch.setattr(training, "train", fake_train)
     with pytest.raises(KeyboardInterrupt):
-        recipes.run_recipe(TINY, out=tmp_path, verbose=False)
+        pretrain.run_recipe(TINY, out=tmp_path, verbose=False)
     assert seen == {"exists": False, "resume": False}
 
 

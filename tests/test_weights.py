@@ -17,7 +17,7 @@ from conftest import hf_gpt2
 
 from llm_companion import artifacts, weights
 from llm_companion.artifacts import PublishedStandin
-from llm_companion.checkpoint import _seal, save_model
+from llm_companion.checkpoint import save_model, seal
 from llm_companion.gpt2 import config_from_hparams, export_tf_checkpoint
 from llm_companion.model import GPTModel
 from llm_companion.weights import WeightsDirError, WeightsUnavailable, load_pretrained
@@ -85,7 +85,7 @@ def standin_folder(model: GPTModel, folder: Path, metrics: dict) -> tuple[Path, 
     """A published-stand-in folder (OpenAI layout + metrics.json + SHA256SUMS) and its digest."""
     export_tf_checkpoint(model, folder)
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    _seal(folder)
+    seal(folder)
     return folder, hashlib.sha256((folder / "SHA256SUMS").read_bytes()).hexdigest()
 
 
@@ -319,8 +319,8 @@ def test_hashes_of_own_files_are_cached_until_a_file_changes(sandbox, as_124m, m
     folder = export_tf_checkpoint(tiny(11), sandbox["tmp"] / "gpt2" / "124M")
     publish_hashes(monkeypatch, folder, {f"gpt2-124M/{f}": f for f in WEIGHT_FILES})
     hashed = []
-    real = weights.sha256_of
-    monkeypatch.setattr(weights, "sha256_of", lambda p: hashed.append(Path(p).name) or real(p))
+    real = artifacts.sha256_of
+    monkeypatch.setattr(artifacts, "sha256_of", lambda p: hashed.append(Path(p).name) or real(p))
     assert load_pretrained(weights_dir=sandbox["tmp"] / "gpt2")[1].verified
     assert sorted(hashed) == sorted(WEIGHT_FILES)
     hashed.clear()
