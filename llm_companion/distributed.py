@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .profile import default_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -50,8 +52,6 @@ def setup(backend: str | None = None, device: str | None = None) -> DistInfo:
     Without ``WORLD_SIZE`` > 1 it returns a single-process DistInfo on ``device`` (default: the best
     available device).
     """
-    from .profile import default_device
-
     n = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device(device or default_device())

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .artifacts import data_dir, fetch
 from .atomic import write_json
+from .generation import generate
 from .losses import IGNORE_INDEX  # targets equal to it add nothing to the loss
 from .progress import progress
 from .tokenizer import GPT2_EOT_ID as EOT_ID  # <|endoftext|>: ends every answer, and pads
@@ -72,8 +74,6 @@ def validate_records(records: Any) -> list[dict[str, str]]:
 def load_instruction_data(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
     """Read and validate an instruction data set (default: the book's ``instruction-data`` artifact)."""
     if path is None:
-        from .artifacts import fetch
-
         path = fetch("instruction-data")
     with open(path, encoding="utf-8") as f:
         try:
@@ -319,8 +319,6 @@ def generate_responses(model: nn.Module, records: Sequence[dict], tokenizer, *, 
                        style: str | PromptStyle = "alpaca", temperature: float = 0.0, top_k: int | None = None,
                        seed: int = 123, desc: str = "responses") -> list[str]:
     """Answer each record's prompt (greedy by default), stopping at ``<|endoftext|>``; return the answers."""
-    from .generation import generate
-
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     eot = _eot_id(tokenizer)
@@ -345,8 +343,6 @@ def with_responses(records: Sequence[dict], responses: Sequence[str], key: str =
 def save_responses(records: Sequence[dict], path: str | os.PathLike | None = None) -> Path:
     """Save records with their model responses (default ``data/instruction-data-with-response.json``)."""
     if path is None:
-        from .artifacts import data_dir
-
         path = data_dir() / RESPONSES_FILE
     path = Path(path)
     write_json(path, list(records))
@@ -356,7 +352,7 @@ def save_responses(records: Sequence[dict], path: str | os.PathLike | None = Non
 # --------------------------------------------------------------------------------------------- evaluation
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L F1 of each prediction against its reference (``rouge-score``, Porter stemming), in [0, 1]."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # an evaluation-only dependency, loaded when scoring
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -370,7 +366,7 @@ def response_table(records: Sequence[dict], *, key: str = "model_response", n: i
 
     ``width`` shortens long texts with "…" so the table stays readable in a notebook.
     """
-    import pandas as pd
+    import pandas as pd  # heavy; only the notebook table needs it
 
     rows = list(records)[:n]
     scores = rouge_l([r[key] for r in rows], [r["output"] for r in rows])

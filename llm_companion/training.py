@@ -518,7 +518,7 @@ class _Loop:
 # ---------------------------------------------------------------------------------------------- plots
 def plot_losses(history: History, *, title: str = "Training and validation loss"):
     """Train and validation loss against epochs, with tokens seen on a twin x-axis; returns the Figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only the plot needs matplotlib; training runs without it
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(history.epochs, history.train_loss, label="training loss")
