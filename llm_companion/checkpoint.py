@@ -33,6 +33,7 @@ from torch import nn
 from .artifacts import sha256_of
 from .atomic import atomic_dir, file_mode, fsync_dir, publish_dir  # noqa: F401 (publish_dir: old import path)
 from .config import GPTConfig
+from .model import GPTModel
 
 SUMS = "SHA256SUMS"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -136,8 +137,6 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, extra: dict[st
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a :class:`~llm_companion.model.GPTModel` from a :func:`save_model` directory (verified)."""
-    from .model import GPTModel
-
     directory = Path(directory)
     verify_dir(directory)
     cfg = GPTConfig.from_dict(json.loads((directory / "config.json").read_text()))
