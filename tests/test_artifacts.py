@@ -246,3 +246,21 @@ def test_cli_unknown_name_exits_2_with_one_line(capsys):
 def test_cli_without_names_asks_for_one(capsys):
     assert cli_main(["fetch"]) == 2
     assert "--list" in capsys.readouterr().err
+
+
+def test_remembered_sha256_hashes_once_until_the_file_changes(tmp_path, monkeypatch):
+    f, stamp = tmp_path / "big.bin", tmp_path / "stamps" / "big.json"
+    f.write_bytes(b"some bytes")
+    hashed = []
+    real = artifacts.sha256_of
+    monkeypatch.setattr(artifacts, "sha256_of", lambda p: hashed.append(p) or real(p))
+    digest = hashlib.sha256(b"some bytes").hexdigest()
+    assert artifacts.remembered_sha256(f, stamp) == digest and len(hashed) == 1
+    assert artifacts.remembered_sha256(f, stamp) == digest and len(hashed) == 1  # from the stamp
+    assert artifacts.remembered_sha256(f, stamp, trust_stamp=False) == digest and len(hashed) == 2
+    f.write_bytes(b"other bytes!")  # another size: the stamp no longer counts
+    assert artifacts.remembered_sha256(f, stamp) == hashlib.sha256(b"other bytes!").hexdigest()
+    assert len(hashed) == 3
+    stamp.unlink()
+    artifacts.remembered_sha256(f, stamp, expected="0" * 64)  # a digest that is not the expected one…
+    assert not stamp.exists()  # …is never remembered

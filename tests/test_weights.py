@@ -401,3 +401,18 @@ def test_registry_lists_every_gpt2_file(capsys):
         "gpt2", "124M", "model.ckpt.data-00000-of-00001")
     st = artifacts.get_artifact("gpt2-124M-hf/model.safetensors")
     assert st.sha256.startswith("248dfc39") and st.size == 548105171
+
+
+def test_folder_format_tells_the_three_layouts_apart(tmp_path):
+    def folder(name, *files):
+        d = tmp_path / name
+        d.mkdir()
+        for f in files:
+            (d / f).write_text("x")
+        return d
+
+    assert weights.folder_format(folder("openai", *weights.OPENAI_WEIGHT_FILES)) == "openai-gpt2"
+    assert weights.folder_format(folder("saved", "model.safetensors", "config.json", "SHA256SUMS")) == "saved"
+    assert weights.folder_format(folder("hf", "model.safetensors", "config.json")) == "hf-safetensors"
+    assert weights.folder_format(folder("partial", "hparams.json")) is None
+    assert weights.folder_format(tmp_path / "missing") is None
