@@ -107,6 +107,8 @@ def make_loader(ids: torch.Tensor, *, context: int, batch_size: int, shuffle: bo
 
 # ----------------------------------------------------------------------------------------------- train
 class PretrainRun(NamedTuple):
+    """What :func:`pretrain` returns: the trained model and everything its publisher writes beside it."""
+
     model: GPTModel           # on the CPU, in training mode
     history: training.History
     metrics: dict[str, Any]   # what metrics.json records (see :func:`run_metrics`)
