@@ -1,9 +1,9 @@
 """The ``llm-companion`` command line: one parser, one dispatcher, one rule for errors.
 
 Each subcommand's flags (``add_arguments(parser)``) and entry point (``main(args) -> int``) live in a
-``cli_<name>`` module, so the library modules hold no argparse code (``pretrain``'s are still in
-:mod:`llm_companion.pretrain`). A mistake the user can fix (:class:`UserError`, a missing artifact, a bad value,
-a missing file) prints one line and exits with status 2, without a traceback.
+``cli_<name>`` module, so the library modules hold no argparse code. A mistake the user can fix
+(:class:`UserError`, a missing artifact, a bad value, a missing file) prints one line and exits with status 2,
+without a traceback.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from . import cli_chat, cli_classify, cli_fetch, cli_generate, pretrain
+from . import cli_chat, cli_classify, cli_fetch, cli_generate, cli_pretrain
 from .artifacts import ArtifactError
 from .cli_errors import UserError
 
@@ -20,7 +20,7 @@ __all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 # (subcommand, module with its add_arguments and main, one-line help)
 COMMANDS: list[tuple[str, ModuleType, str]] = [
     ("fetch", cli_fetch, "download (or copy from a mirror) and verify the book's data"),
-    ("pretrain", pretrain, "pretrain a GPT on text (or the stand-in with --standin); torchrun-ready"),
+    ("pretrain", cli_pretrain, "pretrain a GPT on text (or the stand-in with --standin); torchrun-ready"),
     ("classify", cli_classify, "classify a message with the saved spam classifier (chapter 6)"),
     ("chat", cli_chat, "chat with the instruction-tuned assistant (chapter 7)"),
     ("generate", cli_generate, "continue a prompt with SmolLM2, a GGUF or a saved GPT (chapter 8)"),
