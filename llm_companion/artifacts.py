@@ -169,6 +169,15 @@ register(Artifact(
     subdir="instruction",
     description="1,100 Alpaca-style instruction/input/output records from LLMs-from-scratch ch07, Apache-2.0",
 ))
+register(Artifact(
+    name="instruction-data-with-preference",
+    filename="instruction-data-with-preference.json",
+    urls=(f"{_RASBT}/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",),
+    sha256="305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",
+    subdir="instruction",
+    description="chapter 7's 1,100 records with a chosen (polite) and a rejected answer, LLMs-from-scratch, "
+                "Apache-2.0",
+))
 # Project Gutenberg books for the books stand-in (llm_companion.corpus): tar.xz archives assembled for this
 # project from rcdm-uga/Gutenberg_Text @a0b16d35 (files unchanged). No public URL serves these exact archives.
 for _name, _sha, _what in (
