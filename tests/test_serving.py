@@ -441,6 +441,8 @@ def test_page_streams_an_answer_and_stops(server, browser, tiny):
         page.goto(server.url + "/")
         page.wait_for_function("document.getElementById('model').textContent.includes('tiny')")
         # a first, short question: the whole answer arrives, with token counts
+        page.click("summary")  # open the settings
+        page.fill("#temperature", "0")
         page.fill("#max_tokens", "20")
         page.fill("#prompt", QUESTIONS[1])
         page.click("#send")
