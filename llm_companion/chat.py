@@ -178,6 +178,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling (default 123)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    p.add_argument("--adapter", type=Path, default=None, metavar="DIR",
+                   help="a LoRA adapter folder written by `llm-companion finetune` (chapter 10)")
 
 
 def _answer(model, tokenizer, message: str, args, style: str, out) -> None:
@@ -199,6 +201,10 @@ def main(args: argparse.Namespace) -> int:
 
         return chat_main(args)
     model, meta = load_assistant(args.model, device=args.device or default_device())
+    if args.adapter is not None:
+        from .adapters import load_adapter
+
+        load_adapter(model, args.adapter)
     tokenizer = tokenizer_for(meta)
     style = meta.get("prompt_style", "alpaca")
     out = sys.stdout

@@ -86,6 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling (default 123)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--show-model", action="store_true", help="print which weights ran (to stderr) first")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder written by `llm-companion finetune` (chapter 10)")
 
 
 def main(args: argparse.Namespace, out=None) -> int:
@@ -98,6 +100,11 @@ def main(args: argparse.Namespace, out=None) -> int:
         raise ValueError("the prompt is empty; pass the text to continue")
     with contextlib.redirect_stdout(sys.stderr):  # progress lines must not mix with the generated text
         model, tokenizer, description = load_any(args.model, device=args.device)
+    if getattr(args, "adapter", None) is not None:
+        from .adapters import load_adapter
+
+        load_adapter(model, args.adapter)
+        description += f" + adapter {args.adapter}"
     if args.show_model:
         print(f"model: {description}", file=sys.stderr, flush=True)
     ids = tokenizer.encode(args.prompt, disallowed_special=())

@@ -144,6 +144,10 @@ def chat_main(args) -> int:
     device = args.device or default_device()
     with contextlib.redirect_stdout(sys.stderr):  # progress lines must not mix with the answer
         model, tokenizer, info = load_smollm2(device=device)
+    if getattr(args, "adapter", None) is not None:
+        from .adapters import load_adapter
+
+        load_adapter(model, args.adapter)
     out = sys.stdout
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    seed=args.seed)

@@ -65,6 +65,7 @@ def test_answer_mask_keeps_only_answer_targets_and_the_end_token(tok):
         assert x[row, :len(ex.ids)].tolist() == ex.ids
 
 
+@pytest.mark.slow
 def test_answer_losses_are_per_example_and_sft_lowers_them(tok):
     vocab = max(max(e.ids) for e in ChatSFTDataset(RECORDS, tok).examples) + 1
     model = apply_lora(tiny_llama(CFG.replace(vocab_size=max(vocab, 97))), rank=8, alpha=16)
@@ -109,6 +110,7 @@ def _hf_llama_and_ours():
     return hf, ours
 
 
+@pytest.mark.slow  # importing transformers and peft takes seconds
 def test_lora_equals_peft_on_the_same_weights_and_adapters():
     peft = pytest.importorskip("peft")
     hf, ours = _hf_llama_and_ours()

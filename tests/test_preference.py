@@ -138,6 +138,7 @@ def _trl_loss(policy: torch.Tensor, ref: torch.Tensor, beta: float) -> torch.Ten
     return trl.DPOTrainer._compute_loss(stub, lambda **kw: outputs, inputs, False)
 
 
+@pytest.mark.slow  # importing trl takes seconds
 @pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
 def test_dpo_loss_equals_trls(beta):
     g = torch.Generator().manual_seed(0)
@@ -177,6 +178,7 @@ def test_reference_cache_matches_the_base_models_log_probs_and_pairs_are_batched
     assert not torch.allclose(pair_logprobs(model, pairs), want, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_training_raises_preference_accuracy_and_only_moves_adapters():
     model = apply_lora(tiny_llama(), rank=4, alpha=8)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -252,3 +254,91 @@ def chatml_tokenizer(tmp_path_factory):
     cfg = CFG.replace(vocab_size=len(meta["tokenizer.ggml.tokens"]), hidden_dim=64)
     save_llama_gguf(tiny_llama(cfg=cfg), path, metadata=meta)
     return gguf_tokenizer(path)
+
+
+# --------------------------------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def tiny_gguf(chatml_tokenizer, tmp_path_factory):
+    """A tiny Llama GGUF with the ChatML tokenizer: what `--model` of the CLI can load."""
+    from llm_companion.llama import save_llama_gguf
+    from llm_companion.tokenizer import train_byte_bpe_metadata
+
+    meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. " * 4, 30)
+    path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
+    cfg = CFG.replace(vocab_size=len(meta["tokenizer.ggml.tokens"]), hidden_dim=64)
+    save_llama_gguf(tiny_llama(cfg=cfg), path, metadata=meta)
+    return path
+
+
+def _prefs(tmp_path, n=20):
+    recs = [{"instruction": f"Name fox {k}.", "input": "", "chosen": "The quick fox.", "rejected": "No dog."}
+            for k in range(n)]
+    path = tmp_path / "prefs.json"
+    path.write_text(json.dumps(recs))
+    return path
+
+
+def one_error_line(err: str) -> bool:
+    """The CLI said one line of error and no traceback (progress bars may also go to stderr)."""
+    return "Traceback" not in err and len([x for x in err.splitlines() if ": error: " in x]) == 1
+
+
+def _run(argv, capsys):
+    from llm_companion import cli
+
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_finetune_dpo_writes_an_adapter_that_generate_loads(tiny_gguf, tmp_path, capsys):
+    data = _prefs(tmp_path)
+    code, out, err = _run(["finetune", "--model", str(tiny_gguf), "--method", "dpo", "--data", str(data),
+                           "--out", str(tmp_path / "ad"), "--steps", "2", "--batch-size", "2", "--beta", "0.5"],
+                          capsys)
+    assert code == 0, err
+    assert "preference accuracy" in out and "adapter written" in out
+    meta = json.loads((tmp_path / "ad" / "adapter.json").read_text())
+    assert meta["method"] == "dpo" and meta["steps"] == 2 and meta["beta"] == 0.5 and meta["train_records"] == 17
+    code, out, err = _run(["generate", "The", "--model", str(tiny_gguf), "--adapter", str(tmp_path / "ad"),
+                           "--max-new-tokens", "3", "--greedy"], capsys)
+    assert code == 0, err
+
+
+def test_cli_finetune_sft_runs(tiny_gguf, tmp_path, capsys):
+    recs = [{"instruction": f"Name fox {k}.", "input": "", "output": "The quick fox."} for k in range(20)]
+    (tmp_path / "sft.json").write_text(json.dumps(recs))
+    code, out, err = _run(["finetune", "--model", str(tiny_gguf), "--method", "sft", "--data",
+                           str(tmp_path / "sft.json"), "--out", str(tmp_path / "ad"), "--steps", "2"], capsys)
+    assert code == 0, err
+    assert "answer-only loss" in out and json.loads((tmp_path / "ad" / "adapter.json").read_text())["method"] == "sft"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--beta", "0"], "--beta must be a positive number"),
+    (["--beta", "-1"], "--beta must be a positive number"),
+    (["--limit", "0"], "--limit must be a positive number"),
+])
+def test_cli_bad_inputs_are_one_line(tiny_gguf, tmp_path, capsys, extra, message):
+    code, out, err = _run(["finetune", "--model", str(tiny_gguf), "--method", "dpo", "--data",
+                           str(_prefs(tmp_path)), "--out", str(tmp_path / "ad"), *extra], capsys)
+    assert code == 2 and message in err and one_error_line(err)
+
+
+def test_cli_empty_split_and_bad_record_are_one_line(tiny_gguf, tmp_path, capsys):
+    code, _, err = _run(["finetune", "--method", "dpo", "--model", str(tiny_gguf), "--data",
+                         str(_prefs(tmp_path, n=5)), "--out", str(tmp_path / "ad"), "--limit", "2"], capsys)
+    assert code == 2 and "test split is empty" in err and one_error_line(err)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "Say hi", "chosen": "Hello"}]))
+    code, _, err = _run(["finetune", "--method", "dpo", "--model", str(tiny_gguf), "--data", str(bad),
+                         "--out", str(tmp_path / "ad")], capsys)
+    assert code == 2 and "record 0 ('Say hi'): field 'rejected' is missing" in err and one_error_line(err)
+
+
+def test_cli_adapter_for_another_model_is_one_line(tiny_gguf, tmp_path, capsys):
+    other = apply_lora(tiny_llama(), rank=2, alpha=2)       # vocabulary 97: not the tiny GGUF's shape
+    save_adapter(other, tmp_path / "other", {"base_model": "a 97-token toy"})
+    code, _, err = _run(["generate", "The", "--model", str(tiny_gguf), "--adapter", str(tmp_path / "other")],
+                        capsys)
+    assert code == 2 and "made for a 97-token toy" in err and one_error_line(err)
