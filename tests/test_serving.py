@@ -473,3 +473,32 @@ def test_page_streams_an_answer_and_stops(server, browser, tiny):
         assert page.is_enabled("#send") and not page.is_enabled("#stop")
     finally:
         page.close()
+
+
+def test_adapter_changes_the_served_model_and_a_misfit_is_one_line(tmp_path, capsys, tiny):
+    import copy
+
+    from llm_companion import apply_lora
+    from llm_companion.adapters import save_adapter
+    from llm_companion.chat import save_assistant
+    from llm_companion.cli import main
+    from llm_companion.serving import load_engine
+
+    save_assistant(tiny[0], tmp_path / "base")
+    tuned = apply_lora(copy.deepcopy(tiny[0]), rank=4, alpha=8)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)  # a trained adapter moves B away from zero
+    save_adapter(tuned, tmp_path / "adapter", {"base_model": "tiny test GPT", "method": "test"})
+    eng = load_engine(str(tmp_path / "base"), adapter=str(tmp_path / "adapter"))
+    assert eng.name == "base+adapter"
+    got = eng.reply([{"role": "user", "content": QUESTIONS[1]}], Sampling(max_tokens=12, temperature=0.0))[0]
+    want = "".join(stream_reply(tuned.eval(), tiny[1], QUESTIONS[1], max_new_tokens=12))
+    assert got == want and got != expected(tiny, QUESTIONS[1], 12)
+    other = GPTModel(GPTConfig(vocab_size=50257, context_length=CONTEXT, emb_dim=64, n_heads=2, n_layers=2))
+    save_assistant(other, tmp_path / "other")
+    assert main(["serve", "--model", str(tmp_path / "other"), "--adapter", str(tmp_path / "adapter")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not fit this model" in err
