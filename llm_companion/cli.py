@@ -17,6 +17,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("chat", "llm_companion.chat", "chat with the instruction-tuned assistant (chapter 7)"),
     ("generate", "llm_companion.generate_cli", "continue a prompt with SmolLM2, a GGUF or a saved GPT (chapter 8)"),
     ("finetune", "llm_companion.finetune_cli", "LoRA instruction tuning (sft) or DPO, writing an adapter (chapter 10)"),
+    ("eval", "llm_companion.evaluation.cli", "score a model on BLiMP, LAMBADA, HellaSwag, ARC, PIQA, ... (chapter 9)"),
     ("serve", "llm_companion.serving.cli", "serve a model: OpenAI-compatible API and a chat page (appendix D)"),
 ]
 
