@@ -471,6 +471,12 @@ def test_page_streams_an_answer_and_stops(server, browser, tiny):
             assert time.monotonic() < deadline, "stop in the page did not stop the server"
             time.sleep(0.05)
         assert page.is_enabled("#send") and not page.is_enabled("#stop")
+        # a conversation too long for the model: the server's message is shown, the page stays usable
+        page.fill("#prompt", "word " * 400)
+        page.click("#send")
+        page.wait_for_selector(".msg.error", timeout=10_000)
+        assert f"context is {CONTEXT} tokens" in page.text_content(".msg.error")
+        assert page.is_enabled("#send")
     finally:
         page.close()
 

@@ -73,7 +73,7 @@ async function ask(text) {
   stats.textContent = "waiting for the model…";
   controller = new AbortController();
   setBusy(true);
-  let reply = "", pieces = 0, usage = null, first = null, stopped = false;
+  let reply = "", pieces = 0, usage = null, first = null, stopped = false, failed = false;
   const started = performance.now();
   try {
     const response = await fetch("/v1/chat/completions", {
@@ -108,6 +108,7 @@ async function ask(text) {
     if (e.name === "AbortError") {
       stopped = true;
     } else {
+      failed = true;
       addMessage("error", "Error: " + e.message);
     }
   } finally {
@@ -125,8 +126,13 @@ async function ask(text) {
   } else if (stopped) {
     stats.textContent = `stopped after ${pieces} pieces`;
   }
-  if (reply || !stopped) history.push({ role: "assistant", content: reply });
-  else history.pop();    // stopped before any text: forget the question
+  if (failed || (stopped && !reply)) {
+    history.pop();       // no answer: forget the question too
+    if (failed && !reply) bubble.remove();
+    else if (!reply) bubble.textContent = "(stopped)";
+  } else {
+    history.push({ role: "assistant", content: reply });
+  }
   if (stopped) bubble.dataset.stopped = "true";
 }
 
