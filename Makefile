@@ -84,7 +84,8 @@ fast: data
 lint: install
 	$(VENV)/bin/ruff check llm_companion tests benchmarks chapters
 
-notebooks: data
+# appendix D screenshots the chat page in Debian's chromium
+notebooks: data chromium
 	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --nbval-sanitize-with chapters/sanitize.cfg chapters/
 
 # Chapters 5-7 on a random gpt2-small (124M) in OpenAI's layout, given through LLM_COMPANION_GPT2_DIR: the path
