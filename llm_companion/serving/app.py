@@ -96,6 +96,8 @@ def parse_request(body: bytes, engine: Engine) -> tuple[list[int], Sampling, boo
     if top_p is not None and not 0 < top_p <= 1:
         raise APIError(400, f"'top_p' must be in (0, 1], got {top_p}", param="top_p")
     seed = number("seed", None, int)
+    if seed is not None and not -2**63 <= seed < 2**64:
+        raise APIError(400, f"'seed' must fit in 64 bits, got {seed}", param="seed")
     n = number("n", 1, int)
     if n != 1:
         raise APIError(400, f"'n' must be 1 (this server makes one reply per request), got {n}", param="n")
@@ -125,6 +127,7 @@ class Worker:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-companion-serve")
+        self._count_lock = threading.Lock()
         self.waiting = 0      # requests queued behind the one generating
         self.served = 0       # generations that ran to their end
         self.cancelled = 0    # generations stopped because the client went away
@@ -140,7 +143,8 @@ class Worker:
 
         def run() -> None:
             put = lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)  # noqa: E731
-            self.waiting -= 1
+            with self._count_lock:
+                self.waiting -= 1
             try:
                 for piece in self.engine.stream(ids, sampling, outcome, cancel):
                     put(("text", piece))
@@ -153,7 +157,8 @@ class Worker:
                 log.exception("generation failed")
                 put(("error", f"generation failed: {type(e).__name__}: {e}"))
 
-        self.waiting += 1
+        with self._count_lock:
+            self.waiting += 1
         self._pool.submit(run)
         try:
             while True:
