@@ -371,6 +371,10 @@ def test_cli_loads_a_saved_assistant_and_names_a_missing_adapter_module(tmp_path
     assert main(["serve", "--model", str(tmp_path / "my-assistant"), "--adapter", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--adapter needs llm_companion.adapters" in err
+    monkeypatch.setitem(sys.modules, "llm_companion.quantize", None)
+    assert main(["serve", "--model", str(tmp_path / "my-assistant"), "--weights", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--weights int8 needs llm_companion.quantize" in err
     assert main(["serve", "--model", str(tmp_path / "nothing-here")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
