@@ -355,6 +355,12 @@ def test_cli_warns_on_public_host_and_runs_uvicorn(monkeypatch, capsys, engine):
     assert main(["serve", "--port", "8124"]) == 0
     assert "WARNING" not in capsys.readouterr().err
     assert cli.WEIGHTS == ("fp32", "int8", "q4")
+    with socket.socket() as busy:  # a port in use is one line, before any model is loaded
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        calls.clear()
+        assert main(["serve", "--port", str(busy.getsockname()[1])]) == 2
+    assert "choose another --port" in capsys.readouterr().err and "load" not in calls
 
 
 def test_cli_loads_a_saved_assistant_and_names_a_missing_adapter_module(tmp_path, monkeypatch, capsys, tiny):

@@ -37,6 +37,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"WARNING: --host {args.host} makes the server reachable from other machines"
               + ("" if args.api_key else "; anyone who can reach it can use the model (set --api-key)"),
               file=sys.stderr, flush=True)
+    _check_port(args.host, args.port, UserError)  # before loading the model, which takes seconds
     from .engine import load_engine
 
     engine = load_engine(args.model, adapter=args.adapter, weights=args.weights,
@@ -47,3 +48,21 @@ def main(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     uvicorn.run(create_app(engine, api_key=args.api_key), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _check_port(host: str, port: int, error) -> None:
+    """Raise ``error`` naming the fix when ``host:port`` cannot be bound (in use, or not this machine's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise error(f"--host {host} is not an address of this machine ({e.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise error(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port "
+                        f"or stop what uses it") from None
