@@ -314,3 +314,14 @@ def implicit_rewards(model: nn.Module, tokenizer, records: Sequence[dict], answe
         out.append((beta * (pol - ref)).cpu())
     model.train(was_training)
     return torch.cat(out)
+
+
+def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (e.g. per-example paired differences)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    g = torch.Generator().manual_seed(seed)
+    means = v[torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)

@@ -342,3 +342,15 @@ def test_cli_adapter_for_another_model_is_one_line(tiny_gguf, tmp_path, capsys):
     code, _, err = _run(["generate", "The", "--model", str(tiny_gguf), "--adapter", str(tmp_path / "other")],
                         capsys)
     assert code == 2 and "made for a 97-token toy" in err and one_error_line(err)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
+    from llm_companion.preference import bootstrap_ci
+
+    g = torch.Generator().manual_seed(0)
+    small, large = torch.randn(20, generator=g) + 1.0, torch.randn(2000, generator=g) + 1.0
+    lo, hi = bootstrap_ci(small)
+    assert lo < float(small.mean()) < hi
+    lo2, hi2 = bootstrap_ci(large)
+    assert lo2 < 1.0 < hi2 and (hi2 - lo2) < 0.5 * (hi - lo)
+    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
