@@ -18,14 +18,16 @@ from .scoring import context_length, prefix_token
 
 
 @torch.no_grad()
-def token_nll(model: nn.Module, ids: list[int], *, stride: int | None = None, desc: str | None = None) -> list[float]:
+def token_nll(model: nn.Module, ids: list[int], *, stride: int | None = None, desc: str | None = None,
+              max_window: int = 1024) -> list[float]:
     """Negative log-likelihood (nats) of every token of ``ids[1:]`` given the tokens before it.
 
-    Text longer than the model's window is read in windows that advance by ``stride`` (half the window by
+    Text longer than the window (the model's context, at most ``max_window`` tokens so the logits of one
+    window stay a few hundred MB) is read in windows that advance by ``stride`` (half the window by
     default): every token is scored once, with at least ``window − stride`` tokens of context after the
     first window.
     """
-    n_ctx = context_length(model)
+    n_ctx = min(context_length(model), max_window)
     stride = stride or max(1, n_ctx // 2)
     device = next(model.parameters()).device
     nll: list[float] = []
