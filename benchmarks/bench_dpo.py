@@ -43,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     from trl import DPOConfig, DPOTrainer
 
     from llm_companion import apply_lora, load_smollm2
-    from llm_companion.preference import (encode_pairs, load_preference_data, reference_logprobs,
-                                          split_preferences, train_dpo)
+    from llm_companion.preference import (
+        encode_pairs,
+        load_preference_data,
+        reference_logprobs,
+        split_preferences,
+        train_dpo,
+    )
 
     _, tok, info = load_smollm2()
     records = split_preferences(load_preference_data()).train[:args.pairs]
