@@ -180,6 +180,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     p.add_argument("--adapter", type=Path, default=None, metavar="DIR",
                    help="a LoRA adapter folder written by `llm-companion finetune` (chapter 10)")
+    from .quantize import add_weights_argument
+
+    add_weights_argument(p)
 
 
 def _answer(model, tokenizer, message: str, args, style: str, out) -> None:
@@ -205,6 +208,10 @@ def main(args: argparse.Namespace) -> int:
         from .adapters import load_adapter
 
         load_adapter(model, args.adapter)
+    if getattr(args, "weights", "fp32") != "fp32":
+        from .quantize import quantize_for_inference
+
+        quantize_for_inference(model, args.weights)
     tokenizer = tokenizer_for(meta)
     style = meta.get("prompt_style", "alpaca")
     out = sys.stdout

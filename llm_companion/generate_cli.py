@@ -88,6 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show-model", action="store_true", help="print which weights ran (to stderr) first")
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a LoRA adapter folder written by `llm-companion finetune` (chapter 10)")
+    from .quantize import add_weights_argument
+
+    add_weights_argument(p)
 
 
 def main(args: argparse.Namespace, out=None) -> int:
@@ -105,6 +108,11 @@ def main(args: argparse.Namespace, out=None) -> int:
 
         load_adapter(model, args.adapter)
         description += f" + adapter {args.adapter}"
+    if getattr(args, "weights", "fp32") != "fp32":
+        from .quantize import quantize_for_inference
+
+        quantize_for_inference(model, args.weights)
+        description += f", {args.weights} weights"
     if args.show_model:
         print(f"model: {description}", file=sys.stderr, flush=True)
     ids = tokenizer.encode(args.prompt, disallowed_special=())

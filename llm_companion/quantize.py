@@ -232,3 +232,19 @@ def weight_bytes_per_token(model: nn.Module) -> int:
                 counted.add(id(p))
                 total += p.numel() * p.element_size()
     return total
+
+
+def add_weights_argument(p) -> None:
+    """The ``--weights {fp32,int8,q4}`` option of the CLIs that run a model."""
+    p.add_argument("--weights", choices=WEIGHTS, default="fp32",
+                   help="precision of the linear layers' weights in memory: fp32 (default), int8 or q4 "
+                        "(faster CPU decoding, slightly different logits; chapter 8)")
+
+
+def quantize_for_inference(model: nn.Module, weights: str) -> nn.Module:
+    """:func:`quantize_model` for a CLI: a loaded LoRA adapter is merged into its base weights first."""
+    if weights != "fp32" and any(type(m).__name__ == "LoRALinear" for m in model.modules()):
+        from .lora import merge_lora
+
+        merge_lora(model)
+    return quantize_model(model, weights)

@@ -148,6 +148,10 @@ def chat_main(args) -> int:
         from .adapters import load_adapter
 
         load_adapter(model, args.adapter)
+    if getattr(args, "weights", "fp32") != "fp32":
+        from .quantize import quantize_for_inference
+
+        quantize_for_inference(model, args.weights)
     out = sys.stdout
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    seed=args.seed)
