@@ -85,7 +85,8 @@ fast: data
 lint: install
 	$(VENV)/bin/ruff check llm_companion tests benchmarks chapters
 
-notebooks: data
+# appendix D screenshots the chat page in Debian's chromium
+notebooks: data chromium
 	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --nbval-sanitize-with chapters/sanitize.cfg chapters/
 
 # Execute every chapter in place, in toc order, one after another (quick profile), recording wall time, machine,

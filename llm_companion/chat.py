@@ -99,5 +99,5 @@ def stream_reply(model: nn.Module, tokenizer, message: str, *, style: str = "alp
     idx = torch.tensor([encode_text(tokenizer, format_prompt(message, st))], device=device)   # (1, T)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     tokens = generate_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             eos_id=getattr(tokenizer, "eot_token", None), generator=gen)
+                             eos_id=getattr(tokenizer, "eot_token", None), generator=gen, fast=True)
     yield from decode_stream(tokens, tokenizer, stops=st.stops)

@@ -11,9 +11,11 @@ import argparse
 import sys
 from types import ModuleType
 
-from . import cli_chat, cli_classify, cli_fetch, cli_generate, cli_pretrain
+from . import cli_chat, cli_classify, cli_fetch, cli_generate, cli_pretrain, finetune_cli
 from .artifacts import ArtifactError
 from .cli_errors import UserError
+from .evaluation import cli as cli_eval
+from .serving import cli as cli_serve
 
 __all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 
@@ -24,6 +26,9 @@ COMMANDS: list[tuple[str, ModuleType, str]] = [
     ("classify", cli_classify, "classify a message with the saved spam classifier (chapter 6)"),
     ("chat", cli_chat, "chat with the instruction-tuned assistant (chapter 7)"),
     ("generate", cli_generate, "continue a prompt with SmolLM2, a GGUF or a saved GPT (chapter 8)"),
+    ("finetune", finetune_cli, "LoRA instruction tuning (sft) or DPO, writing an adapter (chapter 10)"),
+    ("eval", cli_eval, "score a model on BLiMP, LAMBADA, HellaSwag, ARC, PIQA, ... (chapter 9)"),
+    ("serve", cli_serve, "serve a model: OpenAI-compatible API and a chat page (appendix D)"),
 ]
 
 

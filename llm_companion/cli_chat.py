@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adapters import load_adapter
 from .chat import load_assistant, stream_reply, tokenizer_for
 from .cli_errors import UserError
 from .profile import default_device
+from .quantize import add_weights_argument, quantize_for_inference
 from .smollm2 import SMOLLM2_NAMES, encode_chat, load_smollm2, stream_chat
 
 Conversation = list[dict[str, str]]   # [{"role": "user" | "assistant", "content": ...}, ...]
@@ -44,6 +46,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling (default 123)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    p.add_argument("--adapter", type=Path, default=None, metavar="DIR",
+                   help="a LoRA adapter folder written by `llm-companion finetune` (chapter 10)")
+    add_weights_argument(p)
+
+
+def prepare(model, args: argparse.Namespace):
+    """The model as the flags ask: with its ``--adapter`` loaded, then its weights ``--weights`` quantized."""
+    if getattr(args, "adapter", None) is not None:
+        load_adapter(model, args.adapter)
+    if getattr(args, "weights", "fp32") != "fp32":
+        quantize_for_inference(model, args.weights)
+    return model
 
 
 def main(args: argparse.Namespace) -> int:
@@ -61,6 +75,7 @@ def _sampling(args: argparse.Namespace) -> dict:
 def assistant_chat_model(args: argparse.Namespace) -> ChatModel:
     """Chapter 7's saved assistant: its prompt style (e.g. Alpaca) around the latest message only."""
     model, meta = load_assistant(args.model, device=args.device or default_device())
+    prepare(model, args)
     tokenizer = tokenizer_for(meta)
     style = meta.get("prompt_style", "alpaca")
     where = args.model if args.model is not None else "models/assistant"
@@ -75,6 +90,7 @@ def smollm2_chat_model(args: argparse.Namespace) -> ChatModel:
     """SmolLM2-135M-Instruct: the ChatML template around the whole conversation, as long as it fits the context."""
     with contextlib.redirect_stdout(sys.stderr):  # progress lines must not mix with the answer
         model, tokenizer, info = load_smollm2(device=args.device or default_device())
+    prepare(model, args)
     budget = model.cfg.context_length - args.max_new_tokens
     return ChatModel(
         reply=lambda conversation: stream_chat(model, tokenizer, conversation, **_sampling(args)),

@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
+from .cli_chat import prepare
 from .cli_errors import UserError
 from .generation import generate_stream
 from .gguf_file import read_gguf
 from .gpt2 import TensorFlowMissing, from_safetensors, from_tf_checkpoint
 from .llama import load_llama_gguf
+from .quantize import add_weights_argument
 from .smollm2 import SMOLLM2_NAMES, load_smollm2
 from .tokenizer import gguf_tokenizer, gpt2_tokenizer, token_bytes
 from .weights import folder_format
@@ -77,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling (default 123)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--show-model", action="store_true", help="print which weights ran (to stderr) first")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder written by `llm-companion finetune` (chapter 10)")
+    add_weights_argument(p)
 
 
 def main(args: argparse.Namespace, out=None) -> int:
@@ -87,6 +92,11 @@ def main(args: argparse.Namespace, out=None) -> int:
         raise UserError("the prompt is empty; pass the text to continue")
     with contextlib.redirect_stdout(sys.stderr):  # progress lines must not mix with the generated text
         model, tokenizer, description = load_any(args.model, device=args.device)
+    prepare(model, args)
+    if getattr(args, "adapter", None) is not None:
+        description += f" + adapter {args.adapter}"
+    if getattr(args, "weights", "fp32") != "fp32":
+        description += f", {args.weights} weights"
     if args.show_model:
         print(f"model: {description}", file=sys.stderr, flush=True)
     ids = tokenizer.encode(args.prompt, disallowed_special=())
@@ -95,7 +105,8 @@ def main(args: argparse.Namespace, out=None) -> int:
     temperature = 0.0 if args.greedy else args.temperature
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span two tokens
     for tok in generate_stream(model, idx, args.max_new_tokens, temperature=temperature, top_k=args.top_k,
-                               top_p=args.top_p, eos_id=getattr(tokenizer, "eot_token", None), generator=gen):
+                               top_p=args.top_p, eos_id=getattr(tokenizer, "eot_token", None), generator=gen,
+                               fast=True):
         out.write(decoder.decode(token_bytes(tokenizer, tok)))
         out.flush()
     out.write(decoder.decode(b"", final=True) + "\n")

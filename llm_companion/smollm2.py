@@ -124,7 +124,7 @@ def stream_chat(model: LlamaModel, tokenizer: GGUFTokenizer, messages: str | Seq
     idx = torch.tensor([encode_chat(tokenizer, messages)], device=device)              # (1, T)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     tokens = generate_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             eos_id=tokenizer.eos_token_id, generator=gen)
+                             eos_id=tokenizer.eos_token_id, generator=gen, fast=True)
     yield from decode_stream(tokens, tokenizer, stops=(IM_START, IM_END))
 
 

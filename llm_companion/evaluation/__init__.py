@@ -1,0 +1,18 @@
+"""Measuring a language model (chapter 9): log-likelihood scoring, the standard sets, and report cards.
+
+``evaluate(model, tokenizer, tasks)`` returns a JSON-ready report; ``paired_test`` compares two models on
+the same items; ``llm-companion eval`` is the command line.
+"""
+from .bpb import bits_per_byte
+from .harness import evaluate, model_fingerprint, score_item, summarize
+from .report import PUBLISHED, markdown_table, write_json
+from .scoring import Score, score_choices, score_plain, score_texts, split_request
+from .stats import mcnemar_exact, paired_test, wilson_interval
+from .tasks import BLIMP_PARADIGMS, TASKS, Item, TaskDataError, UnknownTaskError, load_task, select
+
+__all__ = [
+    "BLIMP_PARADIGMS", "PUBLISHED", "TASKS", "Item", "Score", "TaskDataError", "UnknownTaskError",
+    "bits_per_byte", "evaluate", "load_task", "markdown_table", "mcnemar_exact", "model_fingerprint",
+    "paired_test", "score_choices", "score_item", "score_plain", "score_texts", "select", "split_request",
+    "summarize", "wilson_interval", "write_json",
+]
