@@ -137,7 +137,7 @@ def finetune_sft(model: nn.Module, tokenizer, records: Sequence[dict], *, steps:
     loader = instruction_loader(dataset, chat_collator(tokenizer, max_length=max_length), batch_size=batch_size,
                                 shuffle=True, drop_last=len(dataset) >= batch_size, seed=seed)
     epochs = -(-steps // len(loader))
-    cfg = TrainConfig(epochs=epochs, max_steps=steps, lr=lr, weight_decay=0.0, eval_every=0, sample_every=0,
+    cfg = TrainConfig(epochs=epochs, max_steps=steps, lr=lr, weight_decay=0.0, eval_every=None, sample_every=None,
                       log_every=max(1, steps // 5), seed=seed)
     model.train()
     history = train(model, loader, None, cfg)

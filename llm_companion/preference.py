@@ -283,8 +283,8 @@ def train_dpo(model: nn.Module, pairs: Sequence[PairExample], *, beta: float = 0
             run.margin.append(float((rc - rr).mean()))
         return losses.mean()
 
-    cfg = TrainConfig(epochs=-(-steps // len(loader)), max_steps=steps, lr=lr, weight_decay=0.0, eval_every=0,
-                      sample_every=0, log_every=max(1, steps // 5), seed=seed)
+    cfg = TrainConfig(epochs=-(-steps // len(loader)), max_steps=steps, lr=lr, weight_decay=0.0, eval_every=None,
+                      sample_every=None, log_every=max(1, steps // 5), seed=seed)
     model.train()
     history = train(model, loader, None, cfg, loss_fn=loss_fn)
     model.eval()

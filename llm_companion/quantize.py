@@ -95,6 +95,11 @@ class QuantizedLinear(nn.Module):
         """The fp32 weight (N, K) these codes stand for."""
         raise NotImplementedError
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized fp32 weight (N, K), for code that slices a layer's weight (GPT-2's fused q/k/v)."""
+        return self.dequantize()
+
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T`` for rows ``x`` (M, K) in bf16 through PyTorch's packed kernel; fp32 (M, N)."""
         raise NotImplementedError

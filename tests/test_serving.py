@@ -363,7 +363,9 @@ def test_cli_warns_on_public_host_and_runs_uvicorn(monkeypatch, capsys, engine):
     assert "choose another --port" in capsys.readouterr().err and "load" not in calls
 
 
-def test_cli_loads_a_saved_assistant_and_names_a_missing_adapter_module(tmp_path, monkeypatch, capsys, tiny):
+def test_cli_loads_a_saved_assistant_with_options(tmp_path, monkeypatch, capsys, tiny):
+    import copy
+
     from llm_companion.chat import save_assistant
     from llm_companion.cli import main
     from llm_companion.serving import load_engine
@@ -373,14 +375,21 @@ def test_cli_loads_a_saved_assistant_and_names_a_missing_adapter_module(tmp_path
     assert eng.name == "my-assistant" and eng.template == "alpaca"
     assert eng.reply([{"role": "user", "content": QUESTIONS[1]}], Sampling(max_tokens=10))[0] == \
         expected(tiny, QUESTIONS[1], 10)
-    monkeypatch.setitem(sys.modules, "llm_companion.adapters", None)  # as if the module were absent
-    assert main(["serve", "--model", str(tmp_path / "my-assistant"), "--adapter", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--adapter needs llm_companion.adapters" in err
-    monkeypatch.setitem(sys.modules, "llm_companion.quantize", None)
-    assert main(["serve", "--model", str(tmp_path / "my-assistant"), "--weights", "int8"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--weights int8 needs llm_companion.quantize" in err
+    # int8 weights: the linear layers are replaced, the reply comes from the quantized model
+    from llm_companion.quantize import QuantizedLinear, quantize_model
+
+    q8 = load_engine(str(tmp_path / "my-assistant"), weights="int8")
+    assert any(isinstance(m, QuantizedLinear) for m in q8.model.modules()) and "int8" in q8.description
+    reference = quantize_model(copy.deepcopy(tiny[0]), "int8").eval()
+    assert q8.reply([{"role": "user", "content": QUESTIONS[1]}], Sampling(max_tokens=10))[0] == \
+        "".join(stream_reply(reference, tiny[1], QUESTIONS[1], max_new_tokens=10))
+    # without the optional modules: one line naming the fix
+    for module, option in (("adapters", dict(adapter=str(tmp_path))), ("quantize", dict(weights="q4"))):
+        monkeypatch.setitem(sys.modules, f"llm_companion.{module}", None)  # as if it were absent
+        with pytest.raises(ValueError, match=f"needs llm_companion.{module}") as e:
+            load_engine(str(tmp_path / "my-assistant"), **option)
+        assert "\n" not in str(e.value)
+        monkeypatch.delitem(sys.modules, f"llm_companion.{module}")
     assert main(["serve", "--model", str(tmp_path / "nothing-here")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -34,7 +34,9 @@ def load_for_eval(spec: str):
         from ..chat import load_assistant, tokenizer_for
 
         model, meta = load_assistant()
-        return model, tokenizer_for(meta), f"assistant ({meta.get('base', 'chapter 7')})"
+        base = meta.get("base")
+        base = base.get("name") if isinstance(base, dict) else base
+        return model, tokenizer_for(meta), f"assistant (tuned from {base})" if base else "assistant (chapter 7)"
     if low == "standin" or low.startswith("gpt2-"):
         from ..tokenizer import gpt2_tokenizer
         from ..weights import WeightsUnavailable, load_pretrained

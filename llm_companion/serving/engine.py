@@ -202,10 +202,10 @@ def load_engine(model: str, *, adapter: str | None = None, weights: str = "fp32"
         name, description = f"{name}+{Path(adapter).name}", f"{description} with adapter {adapter}"
     if weights != "fp32":
         try:
-            from llm_companion.quantize import quantize_model
+            from llm_companion.quantize import quantize_for_inference
         except ImportError as e:
             raise ValueError(f"--weights {weights} needs llm_companion.quantize, which this install lacks "
                              f"({e}); use --weights fp32") from None
-        net = quantize_model(net, weights)
+        net = quantize_for_inference(net, weights)  # merges a loaded adapter first
         description = f"{description}, {weights} weights"
     return Engine(net, tokenizer, name=name, template=template, description=description)
