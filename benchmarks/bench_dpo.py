@@ -4,7 +4,7 @@ Same model (SmolLM2-135M-Instruct from the same GGUF, dequantized to fp32, in bo
 first ``--pairs`` of the preference set's training split, prompt in SmolLM2's chat template), same batch,
 LoRA (rank, alpha, q and v projections of every block), β, learning rate and number of steps.
 
-* ours: ``llm_companion.preference``: the reference log-probs computed once with the adapters switched off
+* ours: ``llm_companion.finetune.dpo``: the reference log-probs computed once with the adapters switched off
   (counted in our time), then ``train_dpo``;
 * TRL: ``DPOTrainer`` with a ``peft`` config and its default ``precompute_ref_log_probs=False``, so the
   reference (the same network with adapters off) runs again in every step.
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl import DPOConfig, DPOTrainer
 
     from llm_companion import apply_lora, load_smollm2
-    from llm_companion.preference import (
+    from llm_companion.finetune.dpo import (
         encode_pairs,
         load_preference_data,
         reference_logprobs,

@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct decoding and prefill from fp32 / int8 / q4 weights, beside llama.cpp's ``llama-bench``.
 
-Our three models load the GGUF file of the data layer (``llm_companion.artifacts.fetch("smollm2-135m-instruct")``,
-Q4_1 matrices) and quantize its weights with :mod:`llm_companion.quantize`; ``llama-bench`` runs the very same
+Our three models load the GGUF file of the data layer (``llm_companion.data.artifacts.fetch("smollm2-135m-instruct")``,
+Q4_1 matrices) and quantize its weights with :mod:`llm_companion.inference.quantize`; ``llama-bench`` runs the very same
 file. Workloads, as ``llama-bench -p 512 -n 128``:
 
 * prefill: one 512-token prompt, filling the KV cache and producing the next token's logits (tokens/s);
@@ -37,9 +37,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_llama import read_bandwidth  # noqa: E402  (streaming read rate of this machine)
 
-from llm_companion.generation import generate  # noqa: E402
-from llm_companion.quantize import quantize_model, weight_bytes_per_token  # noqa: E402
-from llm_companion.smollm2 import load_smollm2  # noqa: E402
+from llm_companion.inference.generation import generate  # noqa: E402
+from llm_companion.inference.quantize import quantize_model, weight_bytes_per_token  # noqa: E402
+from llm_companion.inference.smollm2 import load_smollm2  # noqa: E402
 
 PRECISIONS = ("fp32", "int8", "q4")
 

@@ -1,4 +1,4 @@
-"""Training throughput of ``llm_companion.training.train`` and its overhead over a bare loop.
+"""Training throughput of ``llm_companion.training.loop.train`` and its overhead over a bare loop.
 
 For each model (chapter 4's quick-profile model and the GPT-2 small architecture) and precision (fp32, bf16
 autocast) it times ``train()`` and a bare forward/backward/AdamW-step loop on the *same* batches from the same
@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.losses import calc_loss_batch
-from llm_companion.training import TrainConfig, make_optimizer, train
+from llm_companion.training.losses import calc_loss_batch
+from llm_companion.training.loop import TrainConfig, make_optimizer, train
 
 MODELS = {
     # chapter 4's quick profile: (config, batch size)

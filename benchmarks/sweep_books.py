@@ -1,6 +1,6 @@
-"""The measured sweep behind ``llm_companion.recipes.BOOKS``: short runs of several shapes on the books corpus.
+"""The measured sweep behind ``llm_companion.training.recipes.BOOKS``: short runs of several shapes on the books corpus.
 
-Every shape trains from the same seed on the same cached token stream (``llm_companion.corpus``), with the
+Every shape trains from the same seed on the same cached token stream (``llm_companion.data.corpus``), with the
 same tokens per step (2,048), peak lr, warmup fraction and cosine schedule over the sweep's length, bf16
 autocast. The shapes are trained *interleaved* in one process (a few steps of each in turn), so background
 load on a shared machine slows them alike: the tok/s *ratios* between shapes are what this measures well.
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.corpus import books_corpus, corpus_tokens
-from llm_companion.losses import calc_loss_batch
-from llm_companion.training import TrainConfig, lr_at, make_optimizer
+from llm_companion.data.corpus import books_corpus, corpus_tokens
+from llm_companion.training.losses import calc_loss_batch
+from llm_companion.training.loop import TrainConfig, lr_at, make_optimizer
 
 TOKENS_PER_STEP = 2048
 # name: (n_layers, emb_dim, n_heads, context_length)

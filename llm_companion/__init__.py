@@ -2,27 +2,32 @@
 
 Public names are re-exported here; each lives in the module named for its concept.
 """
-from .artifacts import fetch
-from .attention import MultiHeadAttention
-from .chat import load_assistant, save_assistant
-from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
-from .classification import GPTClassifier, classify, load_classifier, save_classifier
-from .config import GPTConfig
-from .dataset import GPTDataset, create_dataloader
-from .embeddings import GPTEmbedding
-from .generation import generate, generate_stream
-from .gguf_file import GGUFError, read_gguf
-from .instruct import InstructionCollator, InstructionDataset, format_prompt, load_instruction_data
-from .kv_cache import KVCache
-from .llama import LlamaConfig, LlamaModel, load_llama_gguf
-from .lora import apply_lora, load_lora, merge_lora, save_lora
-from .losses import calc_loss_batch, calc_loss_loader, perplexity
-from .model import GPTModel
-from .pretrain import ensure_standin
-from .smollm2 import load_smollm2
-from .tokenizer import SimpleTokenizer, UnknownTokenError, build_vocab, gguf_tokenizer, gpt2_tokenizer
-from .training import History, TrainConfig, plot_losses, train
-from .weights import WeightsDirError, WeightsInfo, WeightsUnavailable, load_pretrained
+from llm_companion.data.artifacts import fetch
+from llm_companion.data.dataset import GPTDataset, create_dataloader
+from llm_companion.data.gguf_file import GGUFError, read_gguf
+from llm_companion.data.tokenizer import SimpleTokenizer, UnknownTokenError, build_vocab, gguf_tokenizer, gpt2_tokenizer
+from llm_companion.finetune.classification import GPTClassifier, classify, load_classifier, save_classifier
+from llm_companion.finetune.instruct import (
+    InstructionCollator,
+    InstructionDataset,
+    format_prompt,
+    load_instruction_data,
+)
+from llm_companion.finetune.lora import apply_lora, load_lora, merge_lora, save_lora
+from llm_companion.inference.generation import generate, generate_stream
+from llm_companion.inference.smollm2 import load_smollm2
+from llm_companion.models.attention import MultiHeadAttention
+from llm_companion.models.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from llm_companion.models.config import GPTConfig
+from llm_companion.models.embeddings import GPTEmbedding
+from llm_companion.models.gpt import GPTModel
+from llm_companion.models.kv_cache import KVCache
+from llm_companion.models.llama import LlamaConfig, LlamaModel, load_llama_gguf
+from llm_companion.serving.chat import load_assistant, save_assistant
+from llm_companion.training.loop import History, TrainConfig, plot_losses, train
+from llm_companion.training.losses import calc_loss_batch, calc_loss_loader, perplexity
+from llm_companion.training.pretrain import ensure_standin
+from llm_companion.training.pretrained import WeightsDirError, WeightsInfo, WeightsUnavailable, load_pretrained
 
 __version__ = "0.1.0"
 

@@ -9,8 +9,8 @@ import zipfile
 
 import pytest
 
-from llm_companion import artifacts
-from llm_companion.artifacts import (
+from llm_companion.data import artifacts
+from llm_companion.data.artifacts import (
     REGISTRY,
     Artifact,
     ArtifactUnavailable,

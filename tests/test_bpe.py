@@ -1,16 +1,16 @@
-"""Byte-level BPE training (llm_companion.bpe)."""
+"""Byte-level BPE training (llm_companion.data.bpe)."""
 from collections import Counter
 
 import pytest
 
-from llm_companion.bpe import BPETrainingError, train_bpe
+from llm_companion.data.bpe import BPETrainingError, train_bpe
 
 
 def naive_merges(text, n):
     """Reference: recount every pair from scratch at every step (the chapter's plain version)."""
     import regex
 
-    from llm_companion.bpe import GPT2_SPLIT_PATTERN
+    from llm_companion.data.bpe import GPT2_SPLIT_PATTERN
     words = Counter(tuple(bytes([b]) for b in c.encode()) for c in regex.findall(GPT2_SPLIT_PATTERN, text))
     merges = []
     for _ in range(n):

@@ -1,11 +1,11 @@
-"""Instruction tuning through the chat template (llm_companion.chat_sft) and LoRA against peft's."""
+"""Instruction tuning through the chat template (llm_companion.finetune.chat_sft) and LoRA against peft's."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from llm_companion import LlamaConfig, LlamaModel, apply_lora
-from llm_companion.chat_sft import (
+from llm_companion.finetune.chat_sft import (
     ChatSFTDataset,
     answer_losses,
     chat_collator,
@@ -14,8 +14,8 @@ from llm_companion.chat_sft import (
     prompt_ids,
     user_message,
 )
-from llm_companion.lora import lora_layers
-from llm_companion.losses import IGNORE_INDEX
+from llm_companion.finetune.lora import lora_layers
+from llm_companion.training.losses import IGNORE_INDEX
 
 CFG = LlamaConfig(vocab_size=97, context_length=96, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2,
                   hidden_dim=64)
@@ -34,8 +34,8 @@ def tiny_llama(cfg: LlamaConfig = CFG, seed: int = 0) -> LlamaModel:
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     """A byte-level BPE with ChatML control tokens and a chat template with a default system prompt."""
-    from llm_companion.llama import save_llama_gguf
-    from llm_companion.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
+    from llm_companion.models.llama import save_llama_gguf
+    from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
 
     meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. Name Repeat What " * 4, 30)
     meta["tokenizer.chat_template"] = "<|im_start|>system\nBe brief.<|im_end|>\n"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.checkpoint import (
+from llm_companion.models.checkpoint import (
     CheckpointError,
     CheckpointMismatch,
     capture_rng,

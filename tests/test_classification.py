@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from llm_companion import GPTConfig, GPTModel, gpt2_tokenizer
-from llm_companion.classification import (
+from llm_companion.finetune.classification import (
     PAD_TOKEN_ID,
     ClassificationDataset,
     ClassifierNotFound,
@@ -252,7 +252,7 @@ def toy_loader(n, seed, shuffle):
 
 
 def test_tiny_end_to_end_training_improves_accuracy():
-    from llm_companion.training import TrainConfig
+    from llm_companion.training.loop import TrainConfig
 
     clf = make_classifier(TOY, pad_token_id=0)
     set_trainable(clf, 1)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 import llm_companion
-from llm_companion import cli, cli_generate
-from llm_companion.cli_chat import ChatModel, run_chat
-from llm_companion.cli_errors import UserError
+from llm_companion import cli
+from llm_companion.cli import generate as cli_generate
+from llm_companion.cli.chat import ChatModel, run_chat
+from llm_companion.cli.errors import UserError
 
 PACKAGE = Path(llm_companion.__file__).parent
 

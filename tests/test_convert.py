@@ -5,7 +5,7 @@ from conftest import ODD, hf_gpt2
 from transformers import GPT2Config
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.convert import (
+from llm_companion.models.hf_convert import (
     ConversionError,
     config_from_hf,
     config_from_state_dict,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm_companion import corpus as corpus_mod
-from llm_companion.artifacts import ArtifactUnavailable, fetch, mirror_dirs
-from llm_companion.corpus import (
+from llm_companion.data import corpus as corpus_mod
+from llm_companion.data.artifacts import ArtifactUnavailable, fetch, mirror_dirs
+from llm_companion.data.corpus import (
     BOOKS_SHA256,
     VERDICT_PROBES,
     Corpus,
@@ -20,7 +20,7 @@ from llm_companion.corpus import (
     split_tokens,
     strip_gutenberg,
 )
-from llm_companion.tokenizer import gpt2_tokenizer
+from llm_companion.data.tokenizer import gpt2_tokenizer
 
 START = "*** START OF THE PROJECT GUTENBERG EBOOK {t} ***"
 END = "*** END OF THE PROJECT GUTENBERG EBOOK {t} ***"

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from llm_companion.dataset import DatasetError, GPTDataset, TextTooShortError, create_dataloader
-from llm_companion.tokenizer import SimpleTokenizer, gpt2_tokenizer
+from llm_companion.data.dataset import DatasetError, GPTDataset, TextTooShortError, create_dataloader
+from llm_companion.data.tokenizer import SimpleTokenizer, gpt2_tokenizer
 
 
 @pytest.mark.parametrize("n, max_length, stride", [(20, 4, 4), (20, 4, 1), (20, 4, 3), (21, 4, 4), (5, 4, 7),

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_companion.config import GPTConfig
-from llm_companion.embeddings import GPTEmbedding
-from llm_companion.model import GPTModel
+from llm_companion.models.config import GPTConfig
+from llm_companion.models.embeddings import GPTEmbedding
+from llm_companion.models.gpt import GPTModel
 
 
 def test_shapes_and_definition():

@@ -10,7 +10,7 @@ import torch
 from conftest import ODD, hf_gpt2
 
 from llm_companion import GPTConfig, GPTModel, LlamaConfig, LlamaModel
-from llm_companion.convert import model_from_hf_state_dict
+from llm_companion.models.hf_convert import model_from_hf_state_dict
 from llm_companion.evaluation import (
     Item,
     TaskDataError,

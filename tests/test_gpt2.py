@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llm_companion import artifacts
-from llm_companion.artifacts import IntegrityError
-from llm_companion.checkpoint import CheckpointError, CheckpointMismatch
-from llm_companion.config import GPTConfig
-from llm_companion.gpt2 import (
+from llm_companion.data import artifacts
+from llm_companion.data.artifacts import IntegrityError
+from llm_companion.models.checkpoint import CheckpointError, CheckpointMismatch
+from llm_companion.models.config import GPTConfig
+from llm_companion.models.openai_checkpoint import (
     MissingCheckpointFile,
     TensorFlowMissing,
     config_from_hparams,
@@ -26,7 +26,7 @@ from llm_companion.gpt2 import (
     openai_name,
     weight_map,
 )
-from llm_companion.model import GPTModel
+from llm_companion.models.gpt import GPTModel
 
 HPARAMS = {"n_vocab": 96, "n_ctx": 32, "n_embd": 128, "n_head": 2, "n_layer": 2}  # 64-dim heads, as GPT-2
 

@@ -1,11 +1,11 @@
-"""Instruction fine-tuning data, prompts, batching, responses and evaluation (llm_companion.instruct)."""
+"""Instruction fine-tuning data, prompts, batching, responses and evaluation (llm_companion.finetune.instruct)."""
 import json
 
 import pytest
 import torch
 
-from llm_companion.config import GPTConfig
-from llm_companion.instruct import (
+from llm_companion.models.config import GPTConfig
+from llm_companion.finetune.instruct import (
     EOT_ID,
     IGNORE_INDEX,
     Example,
@@ -27,8 +27,8 @@ from llm_companion.instruct import (
     validate_records,
     with_responses,
 )
-from llm_companion.model import GPTModel
-from llm_companion.tokenizer import gpt2_tokenizer
+from llm_companion.models.gpt import GPTModel
+from llm_companion.data.tokenizer import gpt2_tokenizer
 
 PREAMBLE = ("Below is an instruction that describes a task. "
             "Write a response that appropriately completes the request.")

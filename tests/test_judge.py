@@ -1,4 +1,4 @@
-"""The optional LLM-as-judge (llm_companion.judge) against a fake Ollama server on localhost."""
+"""The optional LLM-as-judge (llm_companion.finetune.judge) against a fake Ollama server on localhost."""
 import http.server
 import json
 import socket
@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from llm_companion.instruct import with_responses
-from llm_companion.judge import OllamaUnavailable, judge_responses, query_ollama
+from llm_companion.finetune.instruct import with_responses
+from llm_companion.finetune.judge import OllamaUnavailable, judge_responses, query_ollama
 
 
 class _FakeOllama(http.server.BaseHTTPRequestHandler):

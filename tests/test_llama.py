@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from llm_companion import cli
-from llm_companion.generation import generate
-from llm_companion.kv_cache import KVCache
-from llm_companion.llama import (
+from llm_companion.inference.generation import generate
+from llm_companion.models.kv_cache import KVCache
+from llm_companion.models.llama import (
     GroupedQueryAttention,
     LlamaConfig,
     LlamaConfigError,
@@ -32,7 +32,7 @@ from llm_companion.llama import (
     unpermute_qk,
     weight_bytes_per_token,
 )
-from llm_companion.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
+from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
 
 TINY_TEXT = ("The quick brown fox jumps over the lazy dog. " * 3 + "def main():\n    return 42\n"
              + "Café 123 naïve " * 2)
@@ -173,7 +173,7 @@ def test_kv_cache_gives_the_logits_of_a_full_pass_and_grows():
 def test_fast_decoding_step_equals_the_model(dtype, tol, script, row_split, monkeypatch):
     # the fast path's one-token steps must compute what forward does, compiled by TorchScript or not, with
     # the row-split products or not (B=2 never splits: the B=1 check below)
-    import llm_companion.fast as fast
+    import llm_companion.inference.fast as fast
 
     monkeypatch.setenv("LLM_COMPANION_TORCHSCRIPT", script)
     monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", row_split)
@@ -198,15 +198,15 @@ def test_fast_decoding_step_equals_the_model(dtype, tol, script, row_split, monk
 
 def test_decode_layers_run_as_torchscript():
     # the speed of decoding rests on it (benchmarks/README.md): a fallback to Python must not go unnoticed
-    from llm_companion import fast
+    from llm_companion.inference import fast
 
     assert isinstance(fast._decode_function(), torch.jit.ScriptFunction)
 
 
 def test_fast_decoding_of_a_lora_model_takes_the_modules_and_is_right():
     # a wrapped layer is not a plain nn.Linear: the fast path must not read its base weight alone
-    from llm_companion.fast import decoder
-    from llm_companion.lora import apply_lora
+    from llm_companion.inference.fast import decoder
+    from llm_companion.finetune.lora import apply_lora
 
     model = random_llama(tiny_config(50))
     ids = torch.randint(0, 50, (1, 9))
@@ -223,7 +223,7 @@ def test_fast_decoding_of_a_lora_model_takes_the_modules_and_is_right():
 
 def test_the_model_itself_always_runs_its_modules(monkeypatch):
     # stepping through generation without fast=True runs the blocks chapter 8 teaches, never the fast path
-    import llm_companion.fast as fast
+    import llm_companion.inference.fast as fast
 
     monkeypatch.setattr(fast, "decode_layers", lambda *a: pytest.fail("the model called the fast path"))
     monkeypatch.setattr(fast, "_compiled", [])
@@ -325,7 +325,7 @@ def test_generate_cli_prints_the_greedy_continuation_of_a_gguf_model(tiny_gguf):
 
 def test_generate_cli_runs_a_saved_gpt_folder(tmp_path):
     from llm_companion import GPTConfig, GPTModel, save_model
-    from llm_companion.tokenizer import gpt2_tokenizer
+    from llm_companion.data.tokenizer import gpt2_tokenizer
 
     torch.manual_seed(0)
     gpt = GPTModel(GPTConfig(vocab_size=50257, context_length=32, emb_dim=32, n_heads=2, n_layers=1)).eval()
@@ -352,7 +352,7 @@ def test_generate_cli_names_a_bad_model_in_one_line(tmp_path):
 # --------------------------------------------------------------------------------------------- the real file
 @pytest.fixture(scope="module")
 def smollm2():
-    from llm_companion.smollm2 import load_smollm2
+    from llm_companion.inference.smollm2 import load_smollm2
 
     return load_smollm2()
 
@@ -379,7 +379,7 @@ def test_smollm2_config_facts(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_logits_and_greedy_answer_match_transformers(smollm2, hf_smollm2):
-    from llm_companion.smollm2 import encode_chat
+    from llm_companion.inference.smollm2 import encode_chat
 
     model, tok, info = smollm2
     ids = torch.tensor([encode_chat(tok, "What is the capital of France?")])      # 37 tokens

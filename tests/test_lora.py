@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.checkpoint import load_model, save_model, save_weights
-from llm_companion.classification import GPTClassifier
-from llm_companion.lora import (
+from llm_companion.models.checkpoint import load_model, save_model, save_weights
+from llm_companion.finetune.classification import GPTClassifier
+from llm_companion.finetune.lora import (
     LoRAError,
     LoRALinear,
     apply_lora,
@@ -91,7 +91,7 @@ def test_forward_adds_scaled_low_rank_update():
     torch.testing.assert_close(layer(x), by_hand)
     torch.testing.assert_close(layer.delta_weight(), 2.0 * layer.lora_B @ layer.lora_A)
     # the fast decoding path slices the fused qkv weight of plain layers: it must call a wrapped one instead
-    from llm_companion.fast import decoder
+    from llm_companion.inference.fast import decoder
 
     model = apply_lora(copy.deepcopy(base), rank=3, alpha=6, targets="qkv")
     randomize_adapters(model)
@@ -300,7 +300,7 @@ def test_classifier_head_can_be_wrapped_on_request():
 
 # --------------------------------------------------------------------------------------------- Llama
 def test_llama_model_wraps_every_projection_merges_and_round_trips(tmp_path):
-    from llm_companion.llama import LlamaConfig, LlamaModel
+    from llm_companion.models.llama import LlamaConfig, LlamaModel
 
     cfg = LlamaConfig(vocab_size=89, context_length=16, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2,
                       hidden_dim=48)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.losses import calc_loss_batch, calc_loss_loader, perplexity
+from llm_companion.training.losses import calc_loss_batch, calc_loss_loader, perplexity
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from conftest import ODD, hf_config, hf_gpt2
 from transformers import GPT2LMHeadModel
 
 from llm_companion import GPTConfig, GPTModel, generate
-from llm_companion.attention import causal_mask
-from llm_companion.config import ConfigError
-from llm_companion.convert import model_from_hf_state_dict
+from llm_companion.models.attention import causal_mask
+from llm_companion.models.config import ConfigError
+from llm_companion.models.hf_convert import model_from_hf_state_dict
 
 CONFIGS = {
     "odd": ODD,  # 3 layers, 6 heads of 32, emb 192, context 77, vocab 101
@@ -179,7 +179,7 @@ def test_same_seed_same_init():
 @pytest.mark.parametrize("n_out", [6, 7, 50257])
 @pytest.mark.parametrize("bias", [True, False])
 def test_row_split_kernel_equals_f_linear_for_one_row(n_out, bias):
-    from llm_companion.fast import row_split_linear
+    from llm_companion.inference.fast import row_split_linear
 
     torch.manual_seed(0)
     w, b = torch.randn(n_out, 48), (torch.randn(n_out) if bias else None)
@@ -192,7 +192,7 @@ def test_row_split_kernel_equals_f_linear_for_one_row(n_out, bias):
 
 @pytest.mark.parametrize("n_out", [7, 50257])
 def test_fast_linear_takes_the_kernel_only_where_it_pays(monkeypatch, n_out):
-    import llm_companion.fast as fast_mod
+    import llm_companion.inference.fast as fast_mod
 
     calls = []
     kernel = fast_mod.row_split_linear
@@ -214,7 +214,7 @@ def test_fast_linear_takes_the_kernel_only_where_it_pays(monkeypatch, n_out):
 
 @pytest.mark.parametrize("row_split", ["0", "1"])
 def test_fast_logits_equal_the_model_with_and_without_a_cache(monkeypatch, row_split):
-    from llm_companion.fast import decoder
+    from llm_companion.inference.fast import decoder
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", row_split)
@@ -234,7 +234,7 @@ def test_fast_logits_equal_the_model_with_and_without_a_cache(monkeypatch, row_s
 
 
 def test_fast_generation_takes_the_kernel_and_gives_the_same_tokens(monkeypatch):
-    import llm_companion.fast as fast_mod
+    import llm_companion.inference.fast as fast_mod
 
     calls = []
     kernel = fast_mod.row_split_linear
@@ -252,7 +252,7 @@ def test_fast_generation_takes_the_kernel_and_gives_the_same_tokens(monkeypatch)
 
 
 def test_row_split_choice_is_measured_once_per_shape_and_can_be_forced(monkeypatch):
-    import llm_companion.fast as kernels
+    import llm_companion.inference.fast as kernels
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(kernels, "_measured", {})
@@ -277,7 +277,7 @@ def test_row_split_choice_is_measured_once_per_shape_and_can_be_forced(monkeypat
 
 
 def test_plot_attention_draws_one_panel_per_matrix():
-    from llm_companion.attention import plot_attention
+    from llm_companion.models.attention import plot_attention
 
     w = torch.softmax(torch.randn(3, 5, 5).masked_fill(~causal_mask(5, 5), float("-inf")), dim=-1)
     fig = plot_attention(w, list("abcde"), titles=["h0", "h1", "h2"])

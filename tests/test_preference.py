@@ -1,4 +1,4 @@
-"""DPO (llm_companion.preference) and adapter folders (llm_companion.adapters), on tiny random models."""
+"""DPO (llm_companion.finetune.dpo) and adapter folders (llm_companion.finetune.adapters), on tiny random models."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from llm_companion import LlamaConfig, LlamaModel, apply_lora
-from llm_companion.adapters import load_adapter, save_adapter
-from llm_companion.lora import LoRAError, lora_layers
-from llm_companion.preference import (
+from llm_companion.finetune.adapters import load_adapter, save_adapter
+from llm_companion.finetune.lora import LoRAError, lora_layers
+from llm_companion.finetune.dpo import (
     PairExample,
     PreferenceDataError,
     adapters_disabled,
@@ -246,8 +246,8 @@ def test_adapter_for_another_shape_is_a_one_line_error(tmp_path):
 @pytest.fixture(scope="module")
 def chatml_tokenizer(tmp_path_factory):
     """A byte-level BPE with ChatML control tokens, read back from a tiny GGUF (as SmolLM2's is)."""
-    from llm_companion.llama import save_llama_gguf
-    from llm_companion.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
+    from llm_companion.models.llama import save_llama_gguf
+    from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
 
     meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. " * 4, 30)
     path = tmp_path_factory.mktemp("chatml") / "tiny.gguf"
@@ -260,8 +260,8 @@ def chatml_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_gguf(chatml_tokenizer, tmp_path_factory):
     """A tiny Llama GGUF with the ChatML tokenizer: what `--model` of the CLI can load."""
-    from llm_companion.llama import save_llama_gguf
-    from llm_companion.tokenizer import train_byte_bpe_metadata
+    from llm_companion.models.llama import save_llama_gguf
+    from llm_companion.data.tokenizer import train_byte_bpe_metadata
 
     meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. " * 4, 30)
     path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
@@ -345,7 +345,7 @@ def test_cli_adapter_for_another_model_is_one_line(tiny_gguf, tmp_path, capsys):
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
-    from llm_companion.preference import bootstrap_ci
+    from llm_companion.finetune.dpo import bootstrap_ci
 
     g = torch.Generator().manual_seed(0)
     small, large = torch.randn(20, generator=g) + 1.0, torch.randn(2000, generator=g) + 1.0

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm_companion import profile
-from llm_companion.profile import ProfileError, choose, current
+from llm_companion import profiles as profile
+from llm_companion.profiles import ProfileError, choose, current
 from llm_companion.progress import progress
 
 

@@ -1,4 +1,4 @@
-"""Weight-only quantization (llm_companion.quantize): round-trip bounds, kernels against dequantize + F.linear,
+"""Weight-only quantization (llm_companion.inference.quantize): round-trip bounds, kernels against dequantize + F.linear,
 whole models against fp32, and the errors a user can cause."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.generation import generate
-from llm_companion.llama import LLAMA_PRESETS, LlamaModel
-from llm_companion.quantize import (
+from llm_companion.inference.generation import generate
+from llm_companion.models.llama import LLAMA_PRESETS, LlamaModel
+from llm_companion.inference.quantize import (
     PACKED_MAX_ROWS,
     Int8Linear,
     Q4Linear,
@@ -157,7 +157,7 @@ TEXT = ("The cat sat on the mat. It was a sunny day, and the children were playi
 
 @pytest.fixture(scope="module")
 def smollm2_pair():
-    from llm_companion.smollm2 import load_smollm2
+    from llm_companion.inference.smollm2 import load_smollm2
 
     ref, tokenizer, _ = load_smollm2()
     quantized, _, _ = load_smollm2()

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_companion import pretrain, recipes, training
-from llm_companion.checkpoint import verify_dir
-from llm_companion.config import GPTConfig
-from llm_companion.corpus import BOOKS_SHA256, Corpus, Work, split_tokens
-from llm_companion.gpt2 import from_tf_checkpoint
-from llm_companion.tokenizer import gpt2_tokenizer
+from llm_companion.training import pretrain
+from llm_companion.training import recipes
+from llm_companion.training import loop as training
+from llm_companion.models.checkpoint import verify_dir
+from llm_companion.models.config import GPTConfig
+from llm_companion.data.corpus import BOOKS_SHA256, Corpus, Work, split_tokens
+from llm_companion.models.openai_checkpoint import from_tf_checkpoint
+from llm_companion.data.tokenizer import gpt2_tokenizer
 
 OPENAI_FILES = {"checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
                 "model.ckpt.meta", "vocab.bpe"}
@@ -24,7 +26,7 @@ TINY = replace(recipes.BOOKS, model=dict(recipes.BOOKS.model, context_length=32,
 @pytest.fixture
 def tiny_corpus(monkeypatch):
     """The recipe's corpus replaced by two short works (the run itself is the real one)."""
-    from llm_companion.artifacts import fetch
+    from llm_companion.data.artifacts import fetch
 
     text = fetch("the-verdict").read_text(encoding="utf-8")
     corpus = Corpus(works=[Work("Wharton, Edith/A.txt", text[:8000]), Work("Wharton, Edith/B.txt", text[8000:])])

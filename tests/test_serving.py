@@ -3,7 +3,7 @@ concurrent and abandoned streams, the command line, and the chat page in headles
 
 Most tests serve a tiny random GPT with the GPT-2 tokenizer and the Alpaca template (fast, and its greedy
 replies are arbitrary but deterministic text, so a mix-up between requests shows); the reference answers come
-from :func:`llm_companion.chat.stream_reply`, the function behind ``llm-companion chat --once``. One slow test
+from :func:`llm_companion.serving.chat.stream_reply`, the function behind ``llm-companion chat --once``. One slow test
 starts ``llm-companion serve --model smollm2`` itself and compares with ``llm-companion chat --once``.
 """
 from __future__ import annotations
@@ -28,10 +28,10 @@ import httpx  # noqa: E402  (comes with openai)
 import uvicorn  # noqa: E402
 
 from llm_companion import GPTConfig, GPTModel  # noqa: E402
-from llm_companion.chat import stream_reply  # noqa: E402
-from llm_companion.instruct import format_prompt  # noqa: E402
+from llm_companion.serving.chat import stream_reply  # noqa: E402
+from llm_companion.finetune.instruct import format_prompt  # noqa: E402
 from llm_companion.serving import Engine, Sampling, create_app  # noqa: E402
-from llm_companion.tokenizer import encode_text, gpt2_tokenizer  # noqa: E402
+from llm_companion.data.tokenizer import encode_text, gpt2_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = 256
@@ -366,7 +366,7 @@ def test_cli_warns_on_public_host_and_runs_uvicorn(monkeypatch, capsys, engine):
 def test_cli_loads_a_saved_assistant_with_options(tmp_path, monkeypatch, capsys, tiny):
     import copy
 
-    from llm_companion.chat import save_assistant
+    from llm_companion.serving.chat import save_assistant
     from llm_companion.cli import main
     from llm_companion.serving import load_engine
 
@@ -376,7 +376,7 @@ def test_cli_loads_a_saved_assistant_with_options(tmp_path, monkeypatch, capsys,
     assert eng.reply([{"role": "user", "content": QUESTIONS[1]}], Sampling(max_tokens=10))[0] == \
         expected(tiny, QUESTIONS[1], 10)
     # int8 weights: the linear layers are replaced, the reply comes from the quantized model
-    from llm_companion.quantize import QuantizedLinear, quantize_model
+    from llm_companion.inference.quantize import QuantizedLinear, quantize_model
 
     q8 = load_engine(str(tmp_path / "my-assistant"), weights="int8")
     assert any(isinstance(m, QuantizedLinear) for m in q8.model.modules()) and "int8" in q8.description
@@ -508,8 +508,8 @@ def test_adapter_changes_the_served_model_and_a_misfit_is_one_line(tmp_path, cap
     import copy
 
     from llm_companion import apply_lora
-    from llm_companion.adapters import save_adapter
-    from llm_companion.chat import save_assistant
+    from llm_companion.finetune.adapters import save_adapter
+    from llm_companion.serving.chat import save_assistant
     from llm_companion.cli import main
     from llm_companion.serving import load_engine
 

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from llm_companion.spam import (
+from llm_companion.data.spam import (
     SPLITS,
     SpamDataError,
     balance,
@@ -29,7 +29,7 @@ def test_parses_every_message(collection):
 
 def test_naive_read_csv_loses_messages():
     # documents the pitfall the parser avoids
-    from llm_companion.artifacts import fetch
+    from llm_companion.data.artifacts import fetch
 
     assert len(pd.read_csv(fetch("sms-spam"), sep="\t", header=None)) == 5572
 

@@ -10,8 +10,8 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_companion.artifacts import fetch, get_artifact
-from llm_companion.tokenizer import (
+from llm_companion.data.artifacts import fetch, get_artifact
+from llm_companion.data.tokenizer import (
     ENDOFTEXT,
     GPT2_EOT_ID,
     UNK,

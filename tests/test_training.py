@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.checkpoint import list_checkpoints, load_model
-from llm_companion.dataset import GPTDataset
-from llm_companion.training import (
+from llm_companion.models.checkpoint import list_checkpoints, load_model
+from llm_companion.data.dataset import GPTDataset
+from llm_companion.training.loop import (
     History,
     TrainConfig,
     TrainingError,
@@ -205,9 +205,9 @@ RUN = textwrap.dedent("""
     import sys, time, torch
     from torch.utils.data import DataLoader
     from llm_companion import GPTConfig, GPTModel
-    from llm_companion.checkpoint import save_model
-    from llm_companion.dataset import GPTDataset
-    from llm_companion.training import TrainConfig, default_loss, train
+    from llm_companion.models.checkpoint import save_model
+    from llm_companion.data.dataset import GPTDataset
+    from llm_companion.training.loop import TrainConfig, default_loss, train
     torch.set_num_threads(1)
     ckpt, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     ids = torch.randint(0, 101, (2000,), generator=torch.Generator().manual_seed(5))
@@ -264,7 +264,7 @@ def test_sigkilled_run_resumes_to_bit_identical_weights(tmp_path):
 
 
 def test_resume_with_a_different_model_names_the_mismatched_tensor(tmp_path):
-    from llm_companion.checkpoint import CheckpointMismatch
+    from llm_companion.models.checkpoint import CheckpointMismatch
 
     train_loader, val_loader = _data()
     cfg = TrainConfig(max_steps=2, epochs=None, eval_every=None, checkpoint_every=1, verbose=False)

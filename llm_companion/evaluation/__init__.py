@@ -3,12 +3,20 @@
 ``evaluate(model, tokenizer, tasks)`` returns a JSON-ready report; ``paired_test`` compares two models on
 the same items; ``llm-companion eval`` is the command line.
 """
-from .bpb import bits_per_byte
-from .harness import evaluate, model_fingerprint, score_item, summarize
-from .report import PUBLISHED, markdown_table, write_json
-from .scoring import Score, score_choices, score_plain, score_texts, split_request
-from .stats import mcnemar_exact, paired_test, wilson_interval
-from .tasks import BLIMP_PARADIGMS, TASKS, Item, TaskDataError, UnknownTaskError, load_task, select
+from llm_companion.evaluation.bpb import bits_per_byte
+from llm_companion.evaluation.harness import evaluate, model_fingerprint, score_item, summarize
+from llm_companion.evaluation.report import PUBLISHED, markdown_table, write_json
+from llm_companion.evaluation.scoring import Score, score_choices, score_plain, score_texts, split_request
+from llm_companion.evaluation.stats import mcnemar_exact, paired_test, wilson_interval
+from llm_companion.evaluation.tasks import (
+    BLIMP_PARADIGMS,
+    TASKS,
+    Item,
+    TaskDataError,
+    UnknownTaskError,
+    load_task,
+    select,
+)
 
 __all__ = [
     "BLIMP_PARADIGMS", "PUBLISHED", "TASKS", "Item", "Score", "TaskDataError", "UnknownTaskError",

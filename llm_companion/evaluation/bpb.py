@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..progress import progress
-from .scoring import context_length, prefix_token
+from llm_companion.evaluation.scoring import context_length, prefix_token
+from llm_companion.progress import progress
 
 
 @torch.no_grad()

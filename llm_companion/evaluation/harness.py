@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..progress import progress
-from .scoring import score_choices, split_request
-from .stats import wilson_interval
-from .tasks import Item, check_tasks, load_task, select
+from llm_companion.data.artifacts import data_dir, fetch
+from llm_companion.evaluation.bpb import bits_per_byte
+from llm_companion.evaluation.scoring import score_choices, split_request
+from llm_companion.evaluation.stats import wilson_interval
+from llm_companion.evaluation.tasks import Item, check_tasks, load_task, select
+from llm_companion.progress import progress
 
 SCORER_VERSION = 1  # bump when a change to scoring would change cached numbers
 
@@ -35,8 +37,6 @@ def model_fingerprint(model: nn.Module, tokenizer) -> str:
 
 
 def default_cache_dir() -> Path:
-    from ..artifacts import data_dir
-
     return data_dir() / "eval-cache"
 
 
@@ -136,9 +136,6 @@ def summarize(task: str, items: list[Item], rows: list[dict]) -> dict:
 
 
 def _bpb_task(model, tokenizer) -> dict:
-    from ..artifacts import fetch
-    from .bpb import bits_per_byte
-
     text = Path(fetch("the-verdict")).read_text(encoding="utf-8")
     r = bits_per_byte(model, tokenizer, text, desc="bpb")
     return {"n": r["tokens"], "acc": None, "acc_norm": None, "ci95": None, "items": [], "text": "the-verdict",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..atomic import atomic_file
+from llm_companion.atomic import atomic_file
 
 # published scores to print beside ours (see ../shared/data/SOURCES.md); each with the scoring style used
 PUBLISHED = {

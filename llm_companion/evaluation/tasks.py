@@ -1,6 +1,6 @@
 """The evaluation sets, each turned into items by one small loader.
 
-Every task reads its files through the artifact registry (sha256-verified; see ``llm_companion.artifacts``)
+Every task reads its files through the artifact registry (sha256-verified; see ``llm_companion.data.artifacts``)
 and yields :class:`Item` objects: a context, the choices that may follow it and the index of the right one.
 The prompts are lm-evaluation-harness's (its ``hellaswag``, ``arc_easy``, ``arc_challenge``, ``piqa``,
 ``openbookqa``, ``lambada_openai`` and ``blimp_*`` tasks), so scores compare with the harness's.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import fetch
+from llm_companion.data.artifacts import fetch
 
 TASKS = ("blimp", "lambada", "hellaswag", "arc-easy", "arc-challenge", "piqa", "openbookqa", "bpb")
 

@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from .engine import Engine, Outcome, RequestError, Sampling
+from llm_companion.serving.engine import Engine, Outcome, RequestError, Sampling
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("llm_companion.serving")

@@ -1,11 +1,11 @@
 """The model behind the server: one model, its tokenizer and its chat template, generating one request at a time.
 
 An :class:`Engine` turns OpenAI-style ``messages`` into the prompt the model was tuned on — SmolLM2's ChatML
-(:func:`llm_companion.smollm2.encode_chat`) or the chapter-7 assistant's Alpaca prompt
-(:func:`llm_companion.instruct.format_prompt`; that model was tuned on single instructions, so it answers the
+(:func:`llm_companion.inference.smollm2.encode_chat`) or the chapter-7 assistant's Alpaca prompt
+(:func:`llm_companion.finetune.instruct.format_prompt`; that model was tuned on single instructions, so it answers the
 last user message on its own, as ``llm-companion chat`` does) — and streams the reply through the library's
-KV-cache :func:`~llm_companion.generation.generate_stream`. Text comes out through
-:func:`llm_companion.chat.decode_stream`, the same decoder as the terminal ``chat``, so the server's greedy
+KV-cache :func:`~llm_companion.inference.generation.generate_stream`. Text comes out through
+:func:`llm_companion.serving.chat.decode_stream`, the same decoder as the terminal ``chat``, so the server's greedy
 reply equals ``llm-companion chat --once``. A lock makes generation one request at a time; a
 :class:`threading.Event` per request, checked before every token, lets a caller stop it.
 """
@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from llm_companion.data.tokenizer import encode_text
+from llm_companion.finetune.adapters import load_adapter, quantize_for_inference
+from llm_companion.finetune.instruct import format_prompt, prompt_style
+from llm_companion.inference.generation import generate_stream
+from llm_companion.inference.smollm2 import IM_END, IM_START, encode_chat, load_smollm2
+from llm_companion.serving.chat import decode_stream, load_assistant, tokenizer_for
 
 ROLES = ("system", "user", "assistant")
 
@@ -66,13 +73,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self._lock = threading.Lock()
         if template == "chatml":
-            from llm_companion.smollm2 import IM_END, IM_START
-
             self.eos_id = tokenizer.eos_token_id
             self.stops: tuple[str, ...] = (IM_START, IM_END)
         else:
-            from llm_companion.instruct import prompt_style
-
             self.eos_id = getattr(tokenizer, "eot_token", None)
             self.stops = prompt_style("alpaca").stops
 
@@ -88,13 +91,8 @@ class Engine:
             if not isinstance(m.get("content"), str):
                 raise RequestError(f"messages[{i}].content must be a string", param=f"messages[{i}].content")
         if self.template == "chatml":
-            from llm_companion.smollm2 import encode_chat
-
             ids = encode_chat(self.tokenizer, [{"role": m["role"], "content": m["content"]} for m in messages])
         else:
-            from llm_companion.instruct import format_prompt
-            from llm_companion.tokenizer import encode_text
-
             users = [m["content"] for m in messages if m["role"] == "user"]
             if not users:
                 raise RequestError("this model answers an instruction: add a message with role 'user'",
@@ -114,9 +112,6 @@ class Engine:
         Holds the engine's lock while it runs (one generation at a time). ``cancel``, checked before each
         token, ends the reply early (``outcome.cancelled``).
         """
-        from llm_companion.chat import decode_stream
-        from llm_companion.generation import generate_stream
-
         outcome = outcome if outcome is not None else Outcome()
         cancel = cancel if cancel is not None else threading.Event()
         outcome.prompt_tokens = len(ids)
@@ -176,14 +171,10 @@ def load_engine(model: str, *, adapter: str | None = None, weights: str = "fp32"
     from pathlib import Path
 
     if str(model).lower() in ("smollm2", "smollm2-135m-instruct"):
-        from llm_companion.smollm2 import load_smollm2
-
         with contextlib.redirect_stdout(sys.stderr):  # progress lines
             net, tokenizer, info = load_smollm2(device=device)
         name, template, description = "smollm2-135m-instruct", "chatml", info.describe()
     else:
-        from llm_companion.chat import load_assistant, tokenizer_for
-
         directory = None if str(model) == "assistant" else Path(model)
         net, meta = load_assistant(directory, device=device)
         if meta.get("prompt_style", "alpaca") != "alpaca":
@@ -194,18 +185,9 @@ def load_engine(model: str, *, adapter: str | None = None, weights: str = "fp32"
         template = "alpaca"
         description = f"the chapter-7 assistant from {model} ({net.num_parameters():,} parameters)"
     if adapter is not None:
-        try:
-            from llm_companion.adapters import load_adapter
-        except ImportError as e:
-            raise ValueError(f"--adapter needs llm_companion.adapters, which this install lacks ({e})") from None
         net = load_adapter(net, adapter)
         name, description = f"{name}+{Path(adapter).name}", f"{description} with adapter {adapter}"
     if weights != "fp32":
-        try:
-            from llm_companion.quantize import quantize_for_inference
-        except ImportError as e:
-            raise ValueError(f"--weights {weights} needs llm_companion.quantize, which this install lacks "
-                             f"({e}); use --weights fp32") from None
         net = quantize_for_inference(net, weights)  # merges a loaded adapter first
         description = f"{description}, {weights} weights"
     return Engine(net, tokenizer, name=name, template=template, description=description)

@@ -1,0 +1,78 @@
+"""``llm-companion eval``: a model's report card on the standard sets (chapter 9)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llm_companion.cli.errors import UserError
+from llm_companion.cli.generate import load_any
+from llm_companion.data.tokenizer import gpt2_tokenizer
+from llm_companion.evaluation.harness import evaluate
+from llm_companion.evaluation.report import markdown_table, write_json
+from llm_companion.evaluation.tasks import TASKS, UnknownTaskError, check_tasks
+from llm_companion.inference.quantize import quantize_model
+from llm_companion.inference.smollm2 import SMOLLM2_NAMES
+from llm_companion.serving.chat import load_assistant, tokenizer_for
+from llm_companion.training.pretrained import WeightsUnavailable, load_pretrained
+
+MODEL_NAMES = ("smollm2", "standin", "gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "assistant")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="NAME|DIR",
+                   help=f"one of {', '.join(MODEL_NAMES)}, a .gguf file, or a model folder (the book's "
+                        "checkpoint, OpenAI's or Hugging Face's GPT-2 layout)")
+    p.add_argument("--tasks", default="hellaswag,blimp", metavar="LIST",
+                   help=f"comma list of {', '.join(TASKS)}, or all (default: hellaswag,blimp)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="score N items per task, chosen by a fixed seeded rule (default: every item)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the item choice (default 0)")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="write the report card as JSON here")
+    p.add_argument("--weights", choices=("fp32", "int8", "q4"), default="fp32",
+                   help="quantize the model's linear layers first (llm_companion.inference.quantize)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write data/eval-cache/")
+
+
+def load_for_eval(spec: str):
+    """``(model, tokenizer, name)`` for a ``--model`` value."""
+
+    low = spec.lower()
+    if low == "assistant":
+        model, meta = load_assistant()
+        base = meta.get("base")
+        base = base.get("name") if isinstance(base, dict) else base
+        return model, tokenizer_for(meta), f"assistant (tuned from {base})" if base else "assistant (chapter 7)"
+    if low == "standin" or low.startswith("gpt2-"):
+        try:
+            if low == "standin":
+                model, info = load_pretrained("gpt2-small", allow_standin=True, offline=True)
+            else:
+                model, info = load_pretrained(low, allow_standin=False)
+        except (WeightsUnavailable, KeyError, ValueError) as e:
+            raise UserError(str(e).splitlines()[0]) from None
+        return model, gpt2_tokenizer(), info.name
+    if low not in SMOLLM2_NAMES and not Path(spec).exists():
+        raise UserError(f"unknown model {spec!r}; valid: {', '.join(MODEL_NAMES)}, a .gguf file or a model folder")
+    model, tokenizer, description = load_any(spec)
+    return model, tokenizer, ("SmolLM2-135M-Instruct" if low in SMOLLM2_NAMES else description)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        tasks = check_tasks(args.tasks)
+    except UnknownTaskError as e:
+        raise UserError(str(e)) from None
+    if args.limit is not None and args.limit <= 0:
+        raise UserError(f"--limit must be a positive number of items, got {args.limit}")
+    model, tokenizer, name = load_for_eval(args.model)
+    if args.weights != "fp32":
+        model = quantize_model(model, args.weights)
+        name = f"{name} [{args.weights}]"
+    result = evaluate(model, tokenizer, tasks, limit=args.limit, seed=args.seed, name=name,
+                      cache_dir=False if args.no_cache else None)
+    print(markdown_table(result))
+    if args.out:
+        write_json(result, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""Fine-tuning a pretrained model: classification, instructions, LoRA, preferences."""

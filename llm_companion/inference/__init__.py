@@ -1,0 +1,1 @@
+"""Running a model: generation, the fast decoding paths, quantized weights, SmolLM2."""

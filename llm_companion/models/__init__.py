@@ -1,0 +1,1 @@
+"""The models: configs, attention, GPT and Llama, the KV cache, and the checkpoint formats."""

@@ -1,0 +1,1 @@
+"""Training: the loop, losses, pretraining recipes, data-parallel runs, pretrained weights."""

@@ -1,0 +1,536 @@
+"""One training loop for pretraining (chapter 4) and fine-tuning (chapters 6 and 7).
+
+``train(model, train_loader, val_loader, cfg)`` runs AdamW with optional warmup + cosine decay, gradient
+clipping and accumulation, optional bf16 autocast, periodic evaluation, text samples and checkpoints, and
+returns a :class:`History`. What is being learned is pluggable:
+
+* ``loss_fn(model, batch) -> scalar tensor`` — default: next-token cross-entropy on ``(input, target)``
+  batches, targets ``-100`` ignored. A classifier passes e.g.
+  ``lambda m, b: F.cross_entropy(m(b[0])[:, -1], b[1])``. The batch arrives already on the device.
+* ``eval_fn(model) -> dict[str, float]`` — extra metrics at each evaluation (accuracy, …), stored in
+  ``History.metrics``.
+* ``sample_fn(model) -> str`` — a text sample at each sampling point, printed and stored in
+  ``History.samples``.
+
+Only parameters with ``requires_grad`` are optimised, so freezing layers before calling ``train`` is
+enough. A run given ``checkpoint_dir`` saves atomically every ``checkpoint_every`` steps and at the end;
+``resume=True`` continues from the newest checkpoint there — on CPU a resumed run ends with bit-identical
+weights to an uninterrupted one (tests/test_training.py proves it with SIGKILL). Under ``torchrun`` the same
+call trains with DistributedDataParallel (see :mod:`llm_companion.training.distributed`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llm_companion.models.checkpoint import (
+    capture_rng,
+    generator_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    set_generator_state,
+)
+from llm_companion.models.eval_mode import evaluating
+from llm_companion.progress import progress
+from llm_companion.training import distributed
+from llm_companion.training.losses import default_loss, evaluate, to_device
+
+
+class TrainingError(ValueError):
+    """A training run that cannot start as configured."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train`.
+
+    Length: ``epochs`` passes over ``train_loader`` and/or at most ``max_steps`` optimizer steps (the first
+    limit reached ends training; give at least one). One step consumes ``grad_accum_steps`` batches; an
+    incomplete accumulation left at the very end is dropped.
+
+    Optimizer: AdamW with ``lr``, ``betas`` and ``weight_decay`` applied, as in GPT-2, to every parameter
+    with two or more dimensions (weight matrices and embeddings) and not to biases or LayerNorm parameters.
+    Schedule: linear warmup over ``warmup_steps``, then constant ``lr`` — or, when ``min_lr`` is set, cosine
+    decay from ``lr`` to ``min_lr`` at the last step. ``grad_clip`` clips the global gradient norm.
+
+    Periodic work (``*_every`` are optimizer steps; ``0`` means at the end of every epoch; ``None`` never;
+    unless ``None``, evaluation and sampling also run after the last step): ``eval_every`` computes train and
+    validation loss on the first ``eval_batches`` batches of each loader (all when None) plus ``eval_fn``;
+    ``sample_every`` calls ``sample_fn``; ``checkpoint_every`` saves (when ``checkpoint_dir`` is given), keeping
+    the newest ``keep_checkpoints``. The live loss on the progress bar (and ``History.step_loss``) is read from
+    the device every ``log_every`` steps, not every step, so a GPU never waits for it.
+
+    ``seed`` seeds torch/numpy/random at the start of a fresh run (a resumed run continues from the
+    checkpoint's random states); either way the run is isolated (:func:`isolated_rng`): the caller's
+    generators are the same after :func:`train` as before. ``seed=None`` trains on the caller's generators.
+    """
+
+    epochs: int | None = 1
+    max_steps: int | None = None
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    min_lr: float | None = None
+    grad_clip: float | None = None
+    grad_accum_steps: int = 1
+    bf16: bool = False
+    eval_every: int | None = 0
+    eval_batches: int | None = None
+    sample_every: int | None = 0
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int | None = 123
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.max_steps is None:
+            raise TrainingError("TrainConfig needs epochs or max_steps (or both)")
+        for name in ("epochs", "max_steps", "grad_accum_steps"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise TrainingError(f"TrainConfig.{name} must be >= 1, got {v}")
+        if self.lr <= 0:
+            raise TrainingError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class History:
+    """What a run measured. Evaluation points share one index across ``steps`` … ``val_loss``/``metrics``.
+
+    ``step_loss`` holds the training loss of every optimizer step; ``samples`` holds ``{step, epoch,
+    text}`` dicts; ``epochs`` are fractional (1.5 = halfway through the second epoch); ``tokens_seen`` and
+    ``examples_seen`` count training inputs (over all processes) up to that point; ``wall_time`` is seconds
+    since the run started (resumed runs add to it).
+    """
+
+    steps: list[int] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
+    tokens_seen: list[int] = field(default_factory=list)
+    examples_seen: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    wall_time: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    step_loss: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def __repr__(self) -> str:
+        if not self.steps:
+            return f"History({len(self.step_loss)} steps, no evaluation yet)"
+        return (f"History({self.steps[-1]} steps, {self.tokens_seen[-1]:,} tokens, "
+                f"train loss {self.train_loss[-1]:.3f}, val loss {self.val_loss[-1]:.3f})")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on ≥2-D tensors only (see :class:`TrainConfig`)."""
+    params = [p for p in model.parameters() if p.requires_grad]  # parameters() lists a tied matrix once
+    if not params:
+        raise TrainingError("the model has no trainable parameters (all have requires_grad=False); "
+                            "unfreeze at least one layer")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): warmup, then constant or cosine to ``min_lr``.
+
+    A pure function of the step, so the schedule needs no state of its own in a checkpoint.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.min_lr is None:
+        return cfg.lr
+    progress_ = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps - 1)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """Number of optimizer steps the run will take."""
+    by_epochs = None if cfg.epochs is None else cfg.epochs * batches_per_epoch // cfg.grad_accum_steps
+    if cfg.max_steps is None:
+        return by_epochs
+    return cfg.max_steps if by_epochs is None else min(cfg.max_steps, by_epochs)
+
+
+def _first_tensor(batch) -> torch.Tensor | None:
+    if torch.is_tensor(batch):
+        return batch
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        t = _first_tensor(v)
+        if t is not None:
+            return t
+    return None
+
+
+def _loader_generators(loader) -> list[torch.Generator]:
+    """The generators that decide a DataLoader's order (its own and its sampler's), each once."""
+    found: dict[int, torch.Generator] = {}
+    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None),
+                                                                     "sampler", None)):
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator):
+            found.setdefault(id(g), g)
+    return list(found.values())
+
+
+def _order_state(loader) -> dict[str, Any]:
+    return {"rng": capture_rng(), "gens": [generator_state(g) for g in _loader_generators(loader)]}
+
+
+def _restore_order_state(loader, state: dict[str, Any]) -> None:
+    restore_rng(state["rng"])
+    for g, s in zip(_loader_generators(loader), state["gens"]):
+        set_generator_state(g, s)
+
+
+def _due(every: int | None, step: int, epoch_ended: bool) -> bool:
+    if every is None:
+        return False
+    return epoch_ended if every == 0 else step % every == 0
+
+
+# --------------------------------------------------------------------------------------------- train
+@contextlib.contextmanager
+def isolated_rng(seed: int | None) -> Iterator[None]:
+    """Run the block on the caller's torch/numpy/random generators, then put their states back.
+
+    With a ``seed`` the generators are seeded first, so the block's randomness (dropout masks, a DataLoader
+    shuffled without its own generator, sampling) depends on the seed alone and the caller's streams are
+    the same afterwards as before: the block has no side effect on them. ``GPTClassifier``'s seeded head
+    works the same way (``torch.random.fork_rng``).
+    """
+    saved = capture_rng()
+    try:
+        if seed is not None:
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+        yield
+    finally:
+        restore_rng(saved)
+
+
+@dataclass
+class _Position:
+    """Where a run is: the counters a checkpoint stores besides weights, optimizer and random states."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens: int = 0
+    examples: int = 0
+    elapsed0: float = 0.0  # seconds spent before this process took over (resumed runs add to it)
+    history: History = field(default_factory=History)
+
+
+def _resume(checkpoint_dir, model: nn.Module, optimizer, device) -> tuple[_Position, dict[str, Any] | None]:
+    """Load the newest checkpoint in ``checkpoint_dir`` into ``model``/``optimizer``; (position, its state)."""
+    ckpt = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is None:
+        return _Position(), None
+    s = load_checkpoint(ckpt, model=model, optimizer=optimizer, map_location=device)
+    pos = _Position(step=s["step"], epoch=s["epoch"], batch_in_epoch=s["batch"], tokens=s["tokens_seen"],
+                    examples=s["examples_seen"], elapsed0=s["elapsed"], history=History.from_dict(s["history"]))
+    return pos, s
+
+
+def _epoch_batches(train_loader, resume_state: dict[str, Any] | None, batch_in_epoch: int):
+    """An iterator over this epoch's batches and the random state its order was drawn from.
+
+    A fresh epoch records the state and starts the loader. A run resumed mid-epoch replays the epoch's
+    start from the recorded state (the same shuffle), skips the batches the checkpointed run consumed, and
+    continues with the random state it had when it saved — so the remaining batches, dropout masks and all,
+    are the ones the uninterrupted run would have seen.
+    """
+    if resume_state is not None and batch_in_epoch > 0:
+        epoch_order = resume_state["epoch_order"]
+        _restore_order_state(train_loader, epoch_order)
+        it = iter(train_loader)
+        for _ in range(batch_in_epoch):
+            next(it)
+        _restore_order_state(train_loader, resume_state["order"])
+        return it, epoch_order
+    if resume_state is not None:  # checkpoint taken at an epoch boundary
+        _restore_order_state(train_loader, resume_state["order"])
+    epoch_order = _order_state(train_loader)
+    return iter(train_loader), epoch_order
+
+
+def _checkpoint_state(pos: _Position, cfg: TrainConfig, train_loader, epoch_order: dict[str, Any],
+                      n_batches: int, elapsed: float) -> dict[str, Any]:
+    """The JSON ``state`` a checkpoint stores: position in the data, random states, history, settings."""
+    epoch, batch = (pos.epoch + 1, 0) if pos.batch_in_epoch == n_batches else (pos.epoch, pos.batch_in_epoch)
+    return {
+        "epoch": epoch, "batch": batch, "tokens_seen": pos.tokens, "examples_seen": pos.examples,
+        "elapsed": elapsed, "history": pos.history.to_dict(), "order": _order_state(train_loader),
+        "epoch_order": epoch_order, "train_config": asdict(cfg),
+    }
+
+
+class _StepLosses:
+    """Per-step losses kept on the device and copied to ``history.step_loss`` in batches.
+
+    Reading a GPU value every step would make the GPU wait; one device→host copy (and one all-reduce)
+    serves many steps, and every rank flushes at the same steps.
+    """
+
+    def __init__(self, history: History, bar):
+        self.history, self.bar, self.pending = history, bar, []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+
+    def flush(self) -> None:
+        if self.pending:
+            values = distributed.all_reduce_mean_tensor(torch.stack(self.pending).double()).tolist()
+            self.history.step_loss.extend(values)
+            self.pending.clear()
+            self.bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
+
+
+def _record_evaluation(pos: _Position, model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
+                       loss_fn: Callable, eval_fn: Callable | None, device, epoch_pos: float, lr: float,
+                       elapsed: Callable[[], float], verbose: bool) -> None:
+    """Append train/validation loss (and ``eval_fn``'s metrics) at the current position to the history."""
+    h = pos.history
+    tr = evaluate(model, train_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+    va = (evaluate(model, val_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+          if val_loader is not None else float("nan"))
+    h.steps.append(pos.step)
+    h.epochs.append(round(epoch_pos, 6))
+    h.tokens_seen.append(pos.tokens)
+    h.examples_seen.append(pos.examples)
+    h.train_loss.append(tr)
+    h.val_loss.append(va)
+    h.lr.append(lr)
+    h.wall_time.append(elapsed())
+    if eval_fn is not None:
+        with evaluating(model), torch.no_grad():  # metrics see the model as it predicts
+            extra = eval_fn(model)
+        for k, v in extra.items():
+            h.metrics.setdefault(k, []).append(float(v))
+    if verbose:
+        extra = "".join(f", {k} {v[-1]:.3f}" for k, v in h.metrics.items())
+        print(f"epoch {epoch_pos:5.2f}  step {pos.step:6d}  train loss {tr:.3f}  val loss {va:.3f}{extra}")
+
+
+def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
+          loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+          eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+          sample_fn: Callable[[nn.Module], str] | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False,
+          device: torch.device | str | None = None,
+          optimizer: torch.optim.Optimizer | None = None) -> History:
+    """Train ``model`` in place and return its :class:`History` (see the module docstring).
+
+    ``val_loader`` may be None (no validation loss; ``val_loss`` records nan). ``device`` defaults to
+    the model's device (the model is moved when one is given). ``optimizer`` defaults to
+    :func:`make_optimizer`; pass your own to change it (its learning rate is still set by the schedule).
+    ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` or starts fresh if none.
+
+    Randomness: with ``cfg.seed`` set, the run happens inside :func:`isolated_rng` — a fresh run is seeded
+    with it, a resumed one continues from the checkpoint's random states, and the caller's generators are
+    left as they were. With ``cfg.seed=None`` the run draws from (and advances) the caller's generators,
+    like any PyTorch loop.
+    """
+    loss_fn = loss_fn or default_loss
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
+    n_batches = len(train_loader)
+    if n_batches == 0:
+        raise TrainingError("train_loader yields no batches; use more data, a smaller batch size or "
+                            "drop_last=False")
+    n_steps = total_steps(cfg, n_batches)
+    if n_steps == 0:
+        raise TrainingError(f"{n_batches} batches per epoch make no step with grad_accum_steps="
+                            f"{cfg.grad_accum_steps}; lower grad_accum_steps or train longer")
+    optimizer = optimizer or make_optimizer(model, cfg)
+    pos, resume_state = _resume(checkpoint_dir if resume else None, model, optimizer, device)
+    if resume_state is not None and distributed.is_main() and cfg.verbose:
+        print(f"resuming from step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch})")
+    rng = (isolated_rng(cfg.seed if resume_state is None else None) if cfg.seed is not None
+           else contextlib.nullcontext())
+    with rng:
+        _Loop(model, train_loader, val_loader, cfg, pos, resume_state, loss_fn=loss_fn, eval_fn=eval_fn,
+              sample_fn=sample_fn, checkpoint_dir=checkpoint_dir, device=device, optimizer=optimizer,
+              n_batches=n_batches, n_steps=n_steps).run()
+    model.eval()
+    return pos.history
+
+
+class _Loop:
+    """The loop of :func:`train`: optimizer steps from ``pos`` to ``n_steps``, with the periodic work.
+
+    One object holds what every step reads (model, data, settings, position), so each piece of the loop is
+    a short method: a micro-batch's forward and backward, the optimizer step, and the periodic work
+    (losses, evaluation, samples, checkpoints) that follows a step.
+    """
+
+    def __init__(self, model: nn.Module, train_loader, val_loader, cfg: TrainConfig, pos: _Position,
+                 resume_state: dict[str, Any] | None, *, loss_fn: Callable, eval_fn: Callable | None,
+                 sample_fn: Callable | None, checkpoint_dir, device: torch.device, optimizer, n_batches: int,
+                 n_steps: int) -> None:
+        self.model, self.train_loader, self.val_loader, self.cfg = model, train_loader, val_loader, cfg
+        self.pos, self.resume_state = pos, resume_state
+        self.loss_fn, self.eval_fn, self.sample_fn = loss_fn, eval_fn, sample_fn
+        self.checkpoint_dir, self.device, self.optimizer = checkpoint_dir, device, optimizer
+        self.n_batches, self.n_steps = n_batches, n_steps
+        self.main, self.world = distributed.is_main(), distributed.world_size()
+        self.net = distributed.wrap_model(model) if distributed.is_distributed() else model
+        self.micro = 0           # micro-batches accumulated towards the next optimizer step
+        self.running = None      # their summed loss, on the device: reading a GPU value every step would stall it
+        self.epoch_end_pending = False  # an accumulation straddled the epoch's end: report it at its step
+
+    def elapsed(self) -> float:
+        return self.pos.elapsed0 + time.perf_counter() - self.start
+
+    def run(self) -> None:
+        self.start = time.perf_counter()
+        self.bar = progress(total=self.n_steps, initial=self.pos.step, desc="training", unit="step",
+                            disable=not self.main)
+        self.losses = _StepLosses(self.pos.history, self.bar)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            while self.pos.step < self.n_steps and (self.cfg.epochs is None or self.pos.epoch < self.cfg.epochs):
+                if not self._epoch():
+                    break
+            self.losses.flush()
+        finally:
+            self.bar.close()
+
+    def _epoch(self) -> bool:
+        """The (rest of the) epoch's batches; False when the last step came before the epoch's end."""
+        pos = self.pos
+        distributed.set_sampler_epoch(self.train_loader, pos.epoch)
+        it, epoch_order = _epoch_batches(self.train_loader, self.resume_state, pos.batch_in_epoch)
+        self.resume_state = None
+        for batch in it:
+            pos.batch_in_epoch += 1
+            if self._forward_backward(to_device(batch, self.device)):
+                lr = self._optimizer_step()
+                self._after_step(lr, epoch_order)
+            if pos.step >= self.n_steps:
+                return False
+        pos.epoch += 1
+        pos.batch_in_epoch = 0
+        self.epoch_end_pending = self.micro > 0
+        return True
+
+    def _forward_backward(self, batch) -> bool:
+        """Accumulate one micro-batch's gradients; True when an optimizer step is due."""
+        cfg, pos = self.cfg, self.pos
+        self.micro += 1
+        sync = self.micro == cfg.grad_accum_steps
+        ctx = self.net.no_sync() if (self.net is not self.model and not sync) else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = self.loss_fn(self.net, batch)
+            (loss / cfg.grad_accum_steps).backward()
+        self.running = loss.detach().float() if self.running is None else self.running + loss.detach().float()
+        first = _first_tensor(batch)
+        if first is not None:
+            pos.tokens += first.numel() * self.world
+            pos.examples += first.shape[0] * self.world
+        return sync
+
+    def _optimizer_step(self) -> float:
+        """Set the scheduled learning rate, clip, step; return the learning rate used."""
+        cfg = self.cfg
+        lr = lr_at(self.pos.step, cfg, self.n_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.step += 1
+        self.losses.add(self.running / cfg.grad_accum_steps)
+        self.micro, self.running = 0, None
+        self.bar.update(1)
+        return lr
+
+    def _after_step(self, lr: float, epoch_order: dict[str, Any]) -> None:
+        """The periodic work due at this step: step losses, evaluation, a sample, a checkpoint."""
+        cfg, pos = self.cfg, self.pos
+        epoch_ended = pos.batch_in_epoch == self.n_batches or self.epoch_end_pending
+        self.epoch_end_pending = False
+        epoch_pos = pos.epoch + pos.batch_in_epoch / self.n_batches
+        last = pos.step == self.n_steps
+        if pos.step % cfg.log_every == 0 or last:
+            self.losses.flush()
+        if cfg.eval_every is not None and (_due(cfg.eval_every, pos.step, epoch_ended) or last):
+            self.losses.flush()
+            _record_evaluation(pos, self.model, self.train_loader, self.val_loader, cfg, loss_fn=self.loss_fn,
+                               eval_fn=self.eval_fn, device=self.device, epoch_pos=epoch_pos, lr=lr,
+                               elapsed=self.elapsed, verbose=self.main and cfg.verbose)
+        if self.sample_fn is not None and cfg.sample_every is not None and self.main and (
+                _due(cfg.sample_every, pos.step, epoch_ended) or last):
+            self._sample(epoch_pos)
+        if self.checkpoint_dir is not None and (_due(cfg.checkpoint_every, pos.step, epoch_ended) or last):
+            self._checkpoint(epoch_order)
+
+    def _sample(self, epoch_pos: float) -> None:
+        # only rank 0 generates; nothing collective happens inside sample_fn
+        text = self.sample_fn(self.model)
+        self.pos.history.samples.append({"step": self.pos.step, "epoch": round(epoch_pos, 6), "text": text})
+        if self.cfg.verbose:
+            print(f"sample @ step {self.pos.step}: {text!r}")
+
+    def _checkpoint(self, epoch_order: dict[str, Any]) -> None:
+        self.losses.flush()
+        state = _checkpoint_state(self.pos, self.cfg, self.train_loader, epoch_order, self.n_batches,
+                                  self.elapsed())
+        if self.main:
+            save_checkpoint(self.checkpoint_dir, model=self.model, optimizer=self.optimizer, state=state,
+                            step=self.pos.step, keep=self.cfg.keep_checkpoints)
+        distributed.barrier()
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def plot_losses(history: History, *, title: str = "Training and validation loss"):
+    """Train and validation loss against epochs, with tokens seen on a twin x-axis; returns the Figure."""
+    import matplotlib.pyplot as plt  # only the plot needs matplotlib; training runs without it
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(history.epochs, history.train_loss, label="training loss")
+    ax.plot(history.epochs, history.val_loss, linestyle="-.", label="validation loss")
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("loss (cross-entropy)")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    top = ax.twiny()  # same curve against tokens: shares the y-axis, second x-axis on top
+    top.plot(history.tokens_seen, history.train_loss, alpha=0)
+    top.set_xlabel("tokens seen")
+    fig.tight_layout()
+    plt.close(fig)  # the caller displays it; avoid a second copy from the inline backend
+    return fig
