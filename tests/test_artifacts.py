@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 
+from llm_companion.cli import main as cli_main
 from llm_companion.data import artifacts
 from llm_companion.data.artifacts import (
     REGISTRY,
@@ -18,7 +19,6 @@ from llm_companion.data.artifacts import (
     fetch,
     get_artifact,
 )
-from llm_companion.cli import main as cli_main
 
 PAYLOAD = b"It had always been Jack Gisburn's way to do things by halves.\n" * 200
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -1,4 +1,4 @@
-"""Saving/loading the assistant, streaming decoding and the ``llm-companion chat`` command (llm_companion.serving.chat)."""
+"""Saving/loading the assistant, streaming decoding and the ``llm-companion chat`` command (serving.chat)."""
 import json
 import os
 import subprocess
@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-from llm_companion.serving.chat import AssistantNotFound, decode_stream, load_assistant, save_assistant, stream_reply
-from llm_companion.models.config import GPTConfig
-from llm_companion.finetune.instruct import PROMPT_STYLES
-from llm_companion.models.gpt import GPTModel
 from llm_companion.data.tokenizer import gpt2_tokenizer
+from llm_companion.finetune.instruct import PROMPT_STYLES
+from llm_companion.models.config import GPTConfig
+from llm_companion.models.gpt import GPTModel
+from llm_companion.serving.chat import AssistantNotFound, decode_stream, load_assistant, save_assistant, stream_reply
 
 
 @pytest.fixture(scope="module")

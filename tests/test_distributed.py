@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from llm_companion.training import distributed
 from llm_companion.models.checkpoint import load_model
+from llm_companion.training import distributed
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 80
 

@@ -4,8 +4,8 @@ import torch
 from conftest import ODD, hf_gpt2
 
 from llm_companion import GPTModel, generate, generate_stream
-from llm_companion.models.hf_convert import model_from_hf_state_dict
 from llm_companion.inference.generation import filter_logits, next_token
+from llm_companion.models.hf_convert import model_from_hf_state_dict
 
 
 @pytest.fixture(scope="module")

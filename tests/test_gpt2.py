@@ -13,6 +13,7 @@ from llm_companion.data import artifacts
 from llm_companion.data.artifacts import IntegrityError
 from llm_companion.models.checkpoint import CheckpointError, CheckpointMismatch
 from llm_companion.models.config import GPTConfig
+from llm_companion.models.gpt import GPTModel
 from llm_companion.models.openai_checkpoint import (
     MissingCheckpointFile,
     TensorFlowMissing,
@@ -26,7 +27,6 @@ from llm_companion.models.openai_checkpoint import (
     openai_name,
     weight_map,
 )
-from llm_companion.models.gpt import GPTModel
 
 HPARAMS = {"n_vocab": 96, "n_ctx": 32, "n_embd": 128, "n_head": 2, "n_layer": 2}  # 64-dim heads, as GPT-2
 

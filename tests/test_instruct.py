@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from llm_companion.models.config import GPTConfig
+from llm_companion.data.tokenizer import gpt2_tokenizer
 from llm_companion.finetune.instruct import (
     EOT_ID,
     IGNORE_INDEX,
@@ -27,8 +27,8 @@ from llm_companion.finetune.instruct import (
     validate_records,
     with_responses,
 )
+from llm_companion.models.config import GPTConfig
 from llm_companion.models.gpt import GPTModel
-from llm_companion.data.tokenizer import gpt2_tokenizer
 
 PREAMBLE = ("Below is an instruction that describes a task. "
             "Write a response that appropriately completes the request.")

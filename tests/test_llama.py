@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_companion import cli
+from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
 from llm_companion.inference.generation import generate
 from llm_companion.models.kv_cache import KVCache
 from llm_companion.models.llama import (
@@ -32,7 +33,6 @@ from llm_companion.models.llama import (
     unpermute_qk,
     weight_bytes_per_token,
 )
-from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
 
 TINY_TEXT = ("The quick brown fox jumps over the lazy dog. " * 3 + "def main():\n    return 42\n"
              + "Café 123 naïve " * 2)
@@ -205,8 +205,8 @@ def test_decode_layers_run_as_torchscript():
 
 def test_fast_decoding_of_a_lora_model_takes_the_modules_and_is_right():
     # a wrapped layer is not a plain nn.Linear: the fast path must not read its base weight alone
-    from llm_companion.inference.fast import decoder
     from llm_companion.finetune.lora import apply_lora
+    from llm_companion.inference.fast import decoder
 
     model = random_llama(tiny_config(50))
     ids = torch.randint(0, 50, (1, 9))

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.models.checkpoint import load_model, save_model, save_weights
 from llm_companion.finetune.classification import GPTClassifier
 from llm_companion.finetune.lora import (
     LoRAError,
@@ -22,6 +21,7 @@ from llm_companion.finetune.lora import (
     save_lora,
     select_targets,
 )
+from llm_companion.models.checkpoint import load_model, save_model, save_weights
 
 TINY = GPTConfig(vocab_size=97, context_length=16, emb_dim=24, n_heads=2, n_layers=2)
 

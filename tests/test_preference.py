@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from llm_companion import LlamaConfig, LlamaModel, apply_lora
 from llm_companion.finetune.adapters import load_adapter, save_adapter
-from llm_companion.finetune.lora import LoRAError, lora_layers
 from llm_companion.finetune.dpo import (
     PairExample,
     PreferenceDataError,
@@ -27,6 +26,7 @@ from llm_companion.finetune.dpo import (
     train_dpo,
     validate_preferences,
 )
+from llm_companion.finetune.lora import LoRAError, lora_layers
 
 CFG = LlamaConfig(vocab_size=97, context_length=64, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2,
                   hidden_dim=48)
@@ -246,8 +246,8 @@ def test_adapter_for_another_shape_is_a_one_line_error(tmp_path):
 @pytest.fixture(scope="module")
 def chatml_tokenizer(tmp_path_factory):
     """A byte-level BPE with ChatML control tokens, read back from a tiny GGUF (as SmolLM2's is)."""
-    from llm_companion.models.llama import save_llama_gguf
     from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
+    from llm_companion.models.llama import save_llama_gguf
 
     meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. " * 4, 30)
     path = tmp_path_factory.mktemp("chatml") / "tiny.gguf"
@@ -260,8 +260,8 @@ def chatml_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_gguf(chatml_tokenizer, tmp_path_factory):
     """A tiny Llama GGUF with the ChatML tokenizer: what `--model` of the CLI can load."""
-    from llm_companion.models.llama import save_llama_gguf
     from llm_companion.data.tokenizer import train_byte_bpe_metadata
+    from llm_companion.models.llama import save_llama_gguf
 
     meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. " * 4, 30)
     path = tmp_path_factory.mktemp("cli") / "tiny.gguf"

@@ -7,10 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llm_companion.training import pretrain
-from llm_companion.training import recipes
 from llm_companion.models.checkpoint import load_model
 from llm_companion.models.config import GPTConfig
+from llm_companion.training import pretrain, recipes
 
 TINY = replace(recipes.STANDIN, corpus=("the-verdict",), steps=3, batch_size=4, eval_batches=2, warmup_steps=1,
                eval_every=3, model=dict(recipes.STANDIN.model, context_length=32, emb_dim=32, n_heads=2, n_layers=1))

@@ -1,4 +1,4 @@
-"""Weight-only quantization (llm_companion.inference.quantize): round-trip bounds, kernels against dequantize + F.linear,
+"""Weight-only quantization (inference.quantize): round-trip bounds, kernels against dequantize + F.linear,
 whole models against fp32, and the errors a user can cause."""
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from torch import nn
 
 from llm_companion import GPTConfig, GPTModel
 from llm_companion.inference.generation import generate
-from llm_companion.models.llama import LLAMA_PRESETS, LlamaModel
 from llm_companion.inference.quantize import (
     PACKED_MAX_ROWS,
     Int8Linear,
@@ -25,6 +24,7 @@ from llm_companion.inference.quantize import (
     quantize_q4,
     weight_bytes_per_token,
 )
+from llm_companion.models.llama import LLAMA_PRESETS, LlamaModel
 
 
 def test_absmax_int8_round_trip_within_half_a_step():

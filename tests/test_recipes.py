@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_companion.training import pretrain
-from llm_companion.training import recipes
-from llm_companion.training import loop as training
+from llm_companion.data.corpus import BOOKS_SHA256, Corpus, Work, split_tokens
+from llm_companion.data.tokenizer import gpt2_tokenizer
 from llm_companion.models.checkpoint import verify_dir
 from llm_companion.models.config import GPTConfig
-from llm_companion.data.corpus import BOOKS_SHA256, Corpus, Work, split_tokens
 from llm_companion.models.openai_checkpoint import from_tf_checkpoint
-from llm_companion.data.tokenizer import gpt2_tokenizer
+from llm_companion.training import loop as training
+from llm_companion.training import pretrain, recipes
 
 OPENAI_FILES = {"checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
                 "model.ckpt.meta", "vocab.bpe"}

@@ -28,10 +28,10 @@ import httpx  # noqa: E402  (comes with openai)
 import uvicorn  # noqa: E402
 
 from llm_companion import GPTConfig, GPTModel  # noqa: E402
-from llm_companion.serving.chat import stream_reply  # noqa: E402
+from llm_companion.data.tokenizer import encode_text, gpt2_tokenizer  # noqa: E402
 from llm_companion.finetune.instruct import format_prompt  # noqa: E402
 from llm_companion.serving import Engine, Sampling, create_app  # noqa: E402
-from llm_companion.data.tokenizer import encode_text, gpt2_tokenizer  # noqa: E402
+from llm_companion.serving.chat import stream_reply  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = 256
@@ -341,11 +341,10 @@ def test_page_and_assets_are_served_offline(server):
 # ----------------------------------------------------------------------------------------- the command
 def test_cli_warns_on_public_host_and_runs_uvicorn(monkeypatch, capsys, engine):
     from llm_companion.cli import main
-    from llm_companion.serving import cli
-    from llm_companion.serving import engine as engine_module
+    from llm_companion.cli import serve as cli
 
     calls = {}
-    monkeypatch.setattr(engine_module, "load_engine", lambda *a, **k: calls.setdefault("load", (a, k)) and engine)
+    monkeypatch.setattr(cli, "load_engine", lambda *a, **k: calls.setdefault("load", (a, k)) and engine)
     monkeypatch.setattr(uvicorn, "run", lambda app, **k: calls.setdefault("run", k))
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123", "--weights", "fp32"]) == 0
     err = capsys.readouterr().err
@@ -366,9 +365,9 @@ def test_cli_warns_on_public_host_and_runs_uvicorn(monkeypatch, capsys, engine):
 def test_cli_loads_a_saved_assistant_with_options(tmp_path, monkeypatch, capsys, tiny):
     import copy
 
-    from llm_companion.serving.chat import save_assistant
     from llm_companion.cli import main
     from llm_companion.serving import load_engine
+    from llm_companion.serving.chat import save_assistant
 
     save_assistant(tiny[0], tmp_path / "my-assistant")
     eng = load_engine(str(tmp_path / "my-assistant"))
@@ -383,13 +382,10 @@ def test_cli_loads_a_saved_assistant_with_options(tmp_path, monkeypatch, capsys,
     reference = quantize_model(copy.deepcopy(tiny[0]), "int8").eval()
     assert q8.reply([{"role": "user", "content": QUESTIONS[1]}], Sampling(max_tokens=10))[0] == \
         "".join(stream_reply(reference, tiny[1], QUESTIONS[1], max_new_tokens=10))
-    # without the optional modules: one line naming the fix
-    for module, option in (("adapters", dict(adapter=str(tmp_path))), ("quantize", dict(weights="q4"))):
-        monkeypatch.setitem(sys.modules, f"llm_companion.{module}", None)  # as if it were absent
-        with pytest.raises(ValueError, match=f"needs llm_companion.{module}") as e:
-            load_engine(str(tmp_path / "my-assistant"), **option)
-        assert "\n" not in str(e.value)
-        monkeypatch.delitem(sys.modules, f"llm_companion.{module}")
+    # a folder that is not an adapter: one line naming the fix
+    with pytest.raises(ValueError, match="is not an adapter folder") as e:
+        load_engine(str(tmp_path / "my-assistant"), adapter=str(tmp_path))
+    assert "\n" not in str(e.value)
     assert main(["serve", "--model", str(tmp_path / "nothing-here")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -508,10 +504,10 @@ def test_adapter_changes_the_served_model_and_a_misfit_is_one_line(tmp_path, cap
     import copy
 
     from llm_companion import apply_lora
-    from llm_companion.finetune.adapters import save_adapter
-    from llm_companion.serving.chat import save_assistant
     from llm_companion.cli import main
+    from llm_companion.finetune.adapters import save_adapter
     from llm_companion.serving import load_engine
+    from llm_companion.serving.chat import save_assistant
 
     save_assistant(tiny[0], tmp_path / "base")
     tuned = apply_lora(copy.deepcopy(tiny[0]), rank=4, alpha=8)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.models.checkpoint import list_checkpoints, load_model
 from llm_companion.data.dataset import GPTDataset
+from llm_companion.models.checkpoint import list_checkpoints, load_model
 from llm_companion.training.loop import (
     History,
     TrainConfig,

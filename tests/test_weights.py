@@ -16,11 +16,11 @@ import torch
 from conftest import hf_gpt2
 
 from llm_companion.data import artifacts
-from llm_companion.training import pretrained as weights
 from llm_companion.data.artifacts import PublishedStandin
 from llm_companion.models.checkpoint import save_model, seal
-from llm_companion.models.openai_checkpoint import config_from_hparams, export_tf_checkpoint
 from llm_companion.models.gpt import GPTModel
+from llm_companion.models.openai_checkpoint import config_from_hparams, export_tf_checkpoint
+from llm_companion.training import pretrained as weights
 from llm_companion.training.pretrained import WeightsDirError, WeightsUnavailable, load_pretrained
 
 HPARAMS = {"n_vocab": 96, "n_ctx": 32, "n_embd": 128, "n_head": 2, "n_layer": 2}  # 64-dim heads, as GPT-2

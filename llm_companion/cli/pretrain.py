@@ -10,9 +10,8 @@ from llm_companion.data.artifacts import models_dir
 from llm_companion.models.checkpoint import save_model
 from llm_companion.models.config import GPTConfig
 from llm_companion.training import distributed
+from llm_companion.training import pretrain as pt
 from llm_companion.training.recipes import RECIPES, Recipe, get_recipe
-
-from . import pretrain as pt
 
 
 def add_arguments(p) -> None:

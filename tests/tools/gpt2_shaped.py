@@ -36,8 +36,8 @@ def write_random_gpt2(root: Path, size: str = "124M", seed: int = 0) -> Path:
     import torch
 
     from llm_companion.data.artifacts import GPT2_HPARAMS
-    from llm_companion.models.openai_checkpoint import config_from_hparams, export_tf_checkpoint
     from llm_companion.models.gpt import GPTModel
+    from llm_companion.models.openai_checkpoint import config_from_hparams, export_tf_checkpoint
     from llm_companion.training.pretrained import OPENAI_WEIGHT_FILES
 
     folder = root / size
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from llm_companion.data.artifacts import models_dir
-    from llm_companion.serving.chat import default_assistant_dir
     from llm_companion.finetune.classification import classifier_dir
+    from llm_companion.serving.chat import default_assistant_dir
 
     root = args.weights_dir or Path(tempfile.mkdtemp(prefix="gpt2-shaped-"))
     saved_by_chapters = [classifier_dir(), default_assistant_dir()]
