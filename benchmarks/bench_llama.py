@@ -24,8 +24,8 @@ from bench_model import interleaved, print_table  # noqa: E402  (the GPT benchma
 
 from llm_companion.inference.fast import decoder  # noqa: E402
 from llm_companion.inference.generation import generate  # noqa: E402
-from llm_companion.models.llama import weight_bytes_per_token  # noqa: E402
 from llm_companion.inference.smollm2 import encode_chat, load_smollm2  # noqa: E402
+from llm_companion.models.llama import weight_bytes_per_token  # noqa: E402
 
 
 def read_bandwidth(n_bytes: int = 1 << 29, repeats: int = 5) -> float:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from llm_companion import GPTConfig, generate
-from llm_companion.models.hf_convert import model_from_hf_state_dict
 from llm_companion.inference.fast import decoder
+from llm_companion.models.hf_convert import model_from_hf_state_dict
 
 
 def build_models(cfg: GPTConfig, attn: str):

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from llm_companion import GPTConfig, GPTModel
-from llm_companion.training.losses import calc_loss_batch
 from llm_companion.training.loop import TrainConfig, make_optimizer, train
+from llm_companion.training.losses import calc_loss_batch
 
 MODELS = {
     # chapter 4's quick profile: (config, batch size)

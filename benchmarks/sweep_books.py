@@ -25,8 +25,8 @@ import torch
 
 from llm_companion import GPTConfig, GPTModel
 from llm_companion.data.corpus import books_corpus, corpus_tokens
-from llm_companion.training.losses import calc_loss_batch
 from llm_companion.training.loop import TrainConfig, lr_at, make_optimizer
+from llm_companion.training.losses import calc_loss_batch
 
 TOKENS_PER_STEP = 2048
 # name: (n_layers, emb_dim, n_heads, context_length)
