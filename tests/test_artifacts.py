@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from llm_companion.cli import main as cli_main
-from llm_companion.data import artifacts
+from llm_companion.data import artifacts, download
 from llm_companion.data.artifacts import (
     REGISTRY,
     Artifact,
@@ -212,7 +212,7 @@ def test_registered_hashes_match_shared_sources():
 
 
 def test_register_refuses_a_conflicting_duplicate(monkeypatch):
-    monkeypatch.setattr(artifacts, "REGISTRY", dict(REGISTRY))
+    monkeypatch.setattr(download, "REGISTRY", dict(REGISTRY))
     art = artifacts.REGISTRY["the-verdict"]
     assert artifacts.register(art) is art  # re-registering the same artifact is fine
     with pytest.raises(ValueError, match="already registered"):
@@ -253,7 +253,7 @@ def test_remembered_sha256_hashes_once_until_the_file_changes(tmp_path, monkeypa
     f.write_bytes(b"some bytes")
     hashed = []
     real = artifacts.sha256_of
-    monkeypatch.setattr(artifacts, "sha256_of", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(download, "sha256_of", lambda p: hashed.append(p) or real(p))
     digest = hashlib.sha256(b"some bytes").hexdigest()
     assert artifacts.remembered_sha256(f, stamp) == digest and len(hashed) == 1
     assert artifacts.remembered_sha256(f, stamp) == digest and len(hashed) == 1  # from the stamp

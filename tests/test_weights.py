@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import hf_gpt2
 
-from llm_companion.data import artifacts
+from llm_companion.data import artifacts, download
 from llm_companion.data.artifacts import PublishedStandin
 from llm_companion.models.checkpoint import save_model, seal
 from llm_companion.models.gpt import GPTModel
@@ -321,7 +321,7 @@ def test_hashes_of_own_files_are_cached_until_a_file_changes(sandbox, as_124m, m
     publish_hashes(monkeypatch, folder, {f"gpt2-124M/{f}": f for f in WEIGHT_FILES})
     hashed = []
     real = artifacts.sha256_of
-    monkeypatch.setattr(artifacts, "sha256_of", lambda p: hashed.append(Path(p).name) or real(p))
+    monkeypatch.setattr(download, "sha256_of", lambda p: hashed.append(Path(p).name) or real(p))
     assert load_pretrained(weights_dir=sandbox["tmp"] / "gpt2")[1].verified
     assert sorted(hashed) == sorted(WEIGHT_FILES)
     hashed.clear()

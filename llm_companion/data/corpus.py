@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_companion.data.artifacts import data_dir, fetch
 from llm_companion.atomic import atomic_file
-from llm_companion.progress import progress
+from llm_companion.data.artifacts import data_dir, fetch
 from llm_companion.data.tokenizer import gpt2_tokenizer
+from llm_companion.progress import progress
 
 BOOKS_ARCHIVES = ("gutenberg-dickens", "gutenberg-mixed")  # registry names (llm_companion.data.artifacts)
 MANIFEST = "CORPUS-MANIFEST.sha256"

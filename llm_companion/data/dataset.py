@@ -11,8 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llm_companion.data.tokenizer import encode_text
-from llm_companion.data.tokenizer import gpt2_tokenizer
+from llm_companion.data.tokenizer import encode_text, gpt2_tokenizer
 
 
 class DatasetError(ValueError):

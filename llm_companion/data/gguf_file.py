@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from llm_companion.atomic import atomic_file
 
 GGUF_MAGIC = b"GGUF"

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_companion.models.attention import causal_mask
 from llm_companion.models.gpt import GPTModel
 from llm_companion.models.kv_cache import KVCache, check_context
 from llm_companion.models.llama import LlamaModel
@@ -135,9 +136,7 @@ def _gpt_attention(attn: nn.Module, x: torch.Tensor, cache: KVCache | None, last
     elif past == 0:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
-        mask = torch.arange(past + T, device=x.device)[None, :] <= torch.arange(past, past + T,
-                                                                                 device=x.device)[:, None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past + T, x.device))
     return linear(out.transpose(1, 2).reshape(B, Tq, C), attn.proj)            # (B, Tq, C)
 
 
