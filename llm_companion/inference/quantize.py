@@ -10,13 +10,11 @@ scales cuts those bytes 4x (int8) or about 6x (4-bit), at the cost of a rounding
   minimum, ``w ≈ code · scale + minimum`` (:func:`quantize_q4`) — the layout of llama.cpp's Q4_1.
 
 The products run through kernels PyTorch ships for CPU, ``torch._weight_int8pack_mm`` and
-``torch._weight_int4pack_mm_for_cpu``. Measured on the book's 2-core machine (torch 2.13, one row, best of
-many): both are fast only with bf16 activations (with fp32 ones they take a reference path 3-20x slower
-than fp32 ``F.linear``), so a quantized layer rounds its input row to bf16 and returns fp32. For many rows
-(prefill) the same kernels lose badly to MKL's fp32 ``sgemm`` (512 rows × 1536 × 576: 31-34 ms against
-3.3 ms for dequantize + ``F.linear``), so above :data:`PACKED_MAX_ROWS` rows a layer dequantizes its
-weight to fp32 on the fly and uses ``F.linear``: prefill keeps the fp32 speed, decoding reads the small
-codes. Training (autograd on) always takes the dequantized path; the codes have no gradient.
+``torch._weight_int4pack_mm_for_cpu``. Both are fast only with bf16 activations, so a quantized layer
+rounds its input row to bf16 and returns fp32; for many rows (prefill) they lose to fp32's matrix product,
+so above :data:`PACKED_MAX_ROWS` rows a layer dequantizes its weight to fp32 on the fly and uses
+``F.linear``. Training (autograd on) always takes the dequantized path; the codes have no gradient. The
+measurements behind these choices are in ``benchmarks/README.md``.
 
 :func:`quantize_model` swaps a model's linear layers (a tied output head becomes its own quantized copy;
 the token embedding stays fp32 for the lookup, which reads one row per token).
@@ -29,8 +27,7 @@ from torch import nn
 
 WEIGHTS = ("fp32", "int8", "q4")
 Q4_GROUP = 32
-# Up to this many rows the packed kernels are faster than dequantize + fp32 F.linear (measured, 1536×576:
-# 32 rows 0.53 / 0.37 ms int8 / q4 against 0.77 ms; 64 rows 0.87 / 0.68 against 1.17; 512 rows 34 / 31 against 3.3)
+# Up to this many rows the packed kernels beat dequantize + fp32 F.linear (benchmarks/README.md has the timings)
 PACKED_MAX_ROWS = 32
 
 
