@@ -1,8 +1,8 @@
 """The built site, opened in headless Chromium: every page in ``_toc.yml`` renders cleanly.
 
 The site is built into a temporary folder with notebook execution off, as ``make book`` builds it (the
-committed notebooks carry their outputs) and ``-W``, so ``_build/`` is never touched. Pages are served over a local HTTP server so that a
-missing image or stylesheet shows up as a failed request.
+committed notebooks carry their outputs), and ``-W``, so ``_build/`` is never touched. Pages are served over a
+local HTTP server so that a missing image or stylesheet shows up as a failed request.
 """
 from __future__ import annotations
 
