@@ -139,7 +139,7 @@ def test_quantized_gpt_model_close_to_fp32():
 
 
 def test_generate_cli_takes_weights_option():
-    from llm_companion import generate_cli
+    from llm_companion.cli import generate as generate_cli
 
     p = argparse.ArgumentParser()
     generate_cli.add_arguments(p)
