@@ -14,8 +14,11 @@ tests that never compare against it do not pay for the import.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pytest
 
 from llm_companion import GPTConfig
 
@@ -59,3 +62,22 @@ def hf_gpt2(cfg: GPTConfig, seed: int = 0, attn: str = "eager") -> GPT2LMHeadMod
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn_like(p))
     return model
+
+
+# Debian's chromium, driven by Playwright (never a downloaded browser): the site test and the chat page's test
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--no-first-run", "--disable-extensions"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for one test module; fails naming the make target when Chromium is missing."""
+    from playwright.sync_api import sync_playwright  # the test extra; only browser tests need it
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed: `make chromium` (a prerequisite of `make test`) installs it")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -70,7 +70,7 @@ def needs(files: list[Path]) -> set[str]:
 
 
 def test_the_unit_tests_tools_are_prerequisites_of_unit_and_test():
-    tests = sorted((ROOT / "tests").glob("test_*.py"))
+    tests = sorted((ROOT / "tests").glob("test_*.py")) + [ROOT / "tests" / "conftest.py"]
     used = needs([t for t in tests if t.name != Path(__file__).name])
     assert {"dot", "chromium"} <= used  # the site test builds the book and opens it in a browser
     for target in ("unit", "test"):

@@ -17,31 +17,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from book_toc import toc_files
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--no-first-run", "--disable-extensions"]
 
 
 def toc_pages() -> list[str]:
     """Every document of ``_toc.yml`` that exists, as a path without suffix (root first)."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    pages = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                pages.append(entry["file"])
-            walk(entry.get("sections"))
-            walk(entry.get("chapters"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    walk(toc.get("chapters"))
-    return [p for p in pages if any((ROOT / p).with_suffix(s).is_file() for s in (".md", ".ipynb"))]
+    return [p for p in toc_files(ROOT) if any((ROOT / p).with_suffix(s).is_file() for s in (".md", ".ipynb"))]
 
 
 PAGES = toc_pages()
@@ -93,19 +78,6 @@ def server(site):
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: `make chromium` (a prerequisite of `make test`) installs it")
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_toc_lists_the_first_chapter():
