@@ -181,3 +181,53 @@ def test_books_corpus_reproduces_the_interim_standins_manifest():
     for f in published:
         if f.is_file():
             assert f.read_bytes() == c.manifest().encode("utf-8")
+
+
+# ------------------------------------------------------------------------------ preparation v2 (unwrapped)
+WRAPPED = ("CHAPTER I\n\n\n\n    It was a dark and stormy night;\nthe rain fell in torrents,\texcept at\n"
+           "occasional intervals.\n   \n  “Who is there?”  he asked.\n")
+
+
+def test_unwrap_joins_each_paragraphs_lines_and_keeps_one_blank_line_between_paragraphs():
+    out = corpus_mod.unwrap_paragraphs(WRAPPED)
+    assert out == ("CHAPTER I\n\nIt was a dark and stormy night; the rain fell in torrents, except at "
+                   "occasional intervals.\n\n“Who is there?” he asked.")
+    assert "  " not in out and "\n\n\n" not in out and not re.search(r"[^\n]\n[^\n]", out)
+    assert corpus_mod._normalise(out) == corpus_mod._normalise(WRAPPED)  # no word or mark is lost
+    assert corpus_mod.unwrap_paragraphs(out) == out                      # idempotent
+
+
+def test_preparation_v1_is_the_text_as_filed_and_v2_changes_the_digest(archives):
+    v1, v2 = build_corpus(archives), build_corpus(archives, preparation="v2")
+    assert v1.preparation == "v1" and v2.preparation == "v2"
+    assert v1.sha256 == build_corpus(archives, preparation="v1").sha256
+    bleak = {w.name: w.text for w in v2.works}["Dickens, Charles/Bleak House.txt"]
+    assert bleak == "London. Michaelmas term lately over.\n\nFog."  # already one line per paragraph
+    wrapped = make_archive(archives[0].parent / "w.tar.xz", {"A/W.txt": book("W", WRAPPED.replace("\n", "\r\n"))})
+    t1, t2 = (build_corpus([wrapped], preparation=p).works[0].text for p in ("v1", "v2"))
+    assert t1 != t2 and t2 == corpus_mod.unwrap_paragraphs(t1)
+    assert build_corpus([wrapped], preparation="v2").sha256 != build_corpus([wrapped]).sha256
+    with pytest.raises(corpus_mod.CorpusError, match="preparations: v1, v2"):
+        build_corpus(archives, preparation="v3")
+
+
+def test_preparation_stats_count_whitespace_only_tokens():
+    tok = gpt2_tokenizer()
+    c = Corpus(works=[Work("A/a.txt", WRAPPED)])
+    c2 = Corpus(works=[Work("A/a.txt", corpus_mod.unwrap_paragraphs(WRAPPED))], preparation="v2")
+    stats = []
+    for corpus in (c, c2):
+        ids = np.asarray(tok.encode_ordinary(corpus.texts()[0]))
+        by_hand = sum(tok.decode([int(i)]).isspace() for i in ids)
+        s = corpus_mod.preparation_stats(corpus, ids, tok)
+        assert s["whitespace_tokens"] == by_hand and s["tokens"] == len(ids)
+        assert s["whitespace_share"] == pytest.approx(by_hand / len(ids))
+        stats.append(s)
+    assert stats[1]["whitespace_share"] < stats[0]["whitespace_share"] and stats[1]["preparation"] == "v2"
+
+
+@pytest.mark.slow
+def test_books_corpus_v2_has_its_pinned_digest_and_far_fewer_whitespace_tokens():
+    c = corpus_mod.books_corpus(preparation="v2", verbose=False)  # raises unless BOOKS_V2_SHA256
+    assert c.sha256 == corpus_mod.BOOKS_V2_SHA256 and len(c.works) == 254
+    assert [w.name for w in c.works] == [w.name for w in corpus_mod.books_corpus(verbose=False).works]

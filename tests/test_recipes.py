@@ -151,3 +151,27 @@ def test_cli_trial_of_the_books_recipe_runs_from_the_mirror_and_writes_the_folde
     assert m["tokens_seen"] == 2 * 8 * 256 and m["parameters"] > 10_000_000
     assert "training" in run.stdout and "sample:" in run.stdout
     assert Path(folder / "hparams.json").is_file()
+
+
+def test_books_v2_is_the_books_recipe_on_the_unwrapped_corpus_with_its_own_id():
+    v1, v2 = recipes.BOOKS, recipes.get_recipe("books-v2")
+    assert v2.recipe_id == "25afbee0f8ff" and v2.recipe_id != v1.recipe_id == "8aa4a3f6af86"
+    assert v2.folder_name == "standin-books-v2-25afbee0f8ff"
+    same = {k: v for k, v in v1.to_dict().items() if k not in ("name", "corpus")}
+    assert same == {k: v for k, v in v2.to_dict().items() if k not in ("name", "corpus")}  # same budget
+    assert (v1.corpus, v2.corpus) == ("books", "books-v2")
+
+
+def test_each_books_recipe_reads_its_own_preparation_of_the_corpus(monkeypatch):
+    asked = []
+
+    def fake_books_corpus(*, preparation="v1", verbose=True):
+        asked.append(preparation)
+        return Corpus(works=[Work("A/a.txt", "Words and more words. " * 40)], preparation=preparation)
+
+    monkeypatch.setattr(pretrain, "books_corpus", fake_books_corpus)
+    monkeypatch.setattr(pretrain, "corpus_tokens",
+                        lambda c, val_fraction, verbose: split_tokens(c.texts(), gpt2_tokenizer(), val_fraction))
+    about = [pretrain.corpus_for(recipes.get_recipe(n), verbose=False).about for n in ("books", "books-v2")]
+    assert asked == ["v1", "v2"]
+    assert [a["corpus_preparation"] for a in about] == ["v1", "v2"]

@@ -66,7 +66,8 @@ def _ids(a: np.ndarray) -> torch.Tensor:
 
 def books_splits(corpus: Corpus, train: np.ndarray, val: np.ndarray) -> TokenSplits:
     """The books corpus's splits (from :func:`llm_companion.data.corpus.corpus_tokens`) with its identity."""
-    about = {"corpus_sha256": corpus.sha256, "corpus_works": len(corpus.works)}
+    about = {"corpus_sha256": corpus.sha256, "corpus_works": len(corpus.works),
+             "corpus_preparation": corpus.preparation}
     return TokenSplits(_ids(train), _ids(val), about, corpus.manifest())
 
 
@@ -85,10 +86,13 @@ def read_corpus(sources: str | tuple[str, ...] | list[str]) -> list[tuple[str, s
     return out
 
 
+BOOKS_CORPORA = {"books": "v1", "books-v2": "v2"}  # a recipe's corpus name -> the books corpus's preparation
+
+
 def corpus_for(recipe: Recipe, *, verbose: bool = True) -> TokenSplits:
     """The recipe's corpus split by the one rule, :func:`llm_companion.data.corpus.split_tokens` (books: cached)."""
-    if recipe.corpus == "books":
-        corpus = books_corpus(verbose=verbose)
+    if recipe.corpus in BOOKS_CORPORA:
+        corpus = books_corpus(preparation=BOOKS_CORPORA[recipe.corpus], verbose=verbose)
         return books_splits(corpus, *corpus_tokens(corpus, val_fraction=recipe.val_fraction, verbose=verbose))
     sources = read_corpus(recipe.corpus)
     train, val = split_tokens([text for _, text, _ in sources], gpt2_tokenizer(), recipe.val_fraction)
