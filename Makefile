@@ -17,7 +17,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 MATHJAX_SRC ?= /usr/share/javascript/mathjax
 MATHJAX_DST := book/_static/mathjax
 
-.PHONY: book test install data chromium graphviz mathjax system unit fast lint notebooks execute notebooks-gpt2 clean help
+.PHONY: book test install data chromium graphviz mathjax system unit fast lint notebooks execute figures lab notebooks-gpt2 clean help
 
 help:
 	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
@@ -25,6 +25,8 @@ help:
 	@echo "make fast   - the unit tests without the slow and browser ones (about a minute)"
 	@echo "make lint   - ruff over the library, tests, benchmarks and the chapters' code cells"
 	@echo "make execute - re-execute every chapter in place, in order, on an idle machine (for commit)"
+	@echo "make figures - redraw the diagrams (chapters/figures/*.dot -> .svg) whose source changed"
+	@echo "make lab    - open the chapters in JupyterLab with MyST (prose with its numbers, diagrams)"
 	@echo "make notebooks-gpt2 - chapters 5-7 on a random GPT-2-small-shaped checkpoint (LLM_COMPANION_GPT2_DIR)"
 
 $(STAMP): pyproject.toml
@@ -45,7 +47,7 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Debian's chromium (sudo apt-get install chromium) for the browser test"; exit 1; fi; }
 
-# Debian's graphviz draws the concept diagrams at build time (sphinx.ext.graphviz).
+# Debian's graphviz draws the concept diagrams (chapters/figures/*.dot -> .svg, `make figures`).
 graphviz:
 	@command -v dot >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
@@ -91,8 +93,18 @@ notebooks: data chromium
 
 # Execute every chapter in place, in toc order, one after another (quick profile), recording wall time, machine,
 # threads and load in each notebook's metadata: the committed outputs come from one such run on an idle machine.
+# It also stores each {eval} expression's value in its markdown cell (the prose's numbers, site and JupyterLab).
 execute: data chromium
 	$(PY) tests/tools/execute_book.py
+
+# The diagrams are committed SVGs drawn from Graphviz sources, so JupyterLab and GitHub show them too.
+figures: graphviz
+	$(PY) tests/tools/figures.py
+
+# JupyterLab with jupyterlab-myst (installed with the book extra): markdown cells render as MyST, and {eval}
+# shows the values `make execute` stored, so a chapter reads as prose with its numbers before any cell runs.
+lab: data
+	$(VENV)/bin/jupyter lab chapters/
 
 # Chapters 5-7 on a random gpt2-small (124M) in OpenAI's layout, given through LLM_COMPANION_GPT2_DIR: the path
 # of a reader who has GPT-2 files, at GPT-2's real size and cost. The committed notebooks are not rewritten.

@@ -7,6 +7,12 @@ chapter-7 assistant) quote the same run. For each notebook this records, in its 
 thread count, and the 1-minute load average at the start and the end. nbclient's per-cell execution
 timestamps are kept (``record_timing``).
 
+Each markdown cell's inline expressions (``{eval}`expr```) are evaluated in the kernel at that point of the
+notebook (after the code cells above it, before the ones below) and stored in the cell's metadata under
+``user_expressions``, the format jupyterlab-myst reads: the prose then shows its numbers in JupyterLab and,
+through book/_ext/stored_eval.py, on the site, from this one run. An expression that fails stops the run
+with the chapter, the cell and the error.
+
 It refuses to start while the 1-minute load average is above the number of cores (another job would slow
 every chapter and contradict the prose); ``--force`` runs anyway and marks every notebook ``"busy": true``.
 
@@ -28,7 +34,37 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
 from book_toc import toc_files  # noqa: E402  (tests/ holds the one toc walker)
+from stored_eval import expressions  # noqa: E402  (the role's parser: one definition of an inline expression)
+
+
+class InlineExpressionError(RuntimeError):
+    """An ``{eval}`` expression of a markdown cell that raised in the kernel."""
+
+
+class ProseClient(NotebookClient):
+    """nbclient's executor that also evaluates each markdown cell's ``{eval}`` expressions, in order."""
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        if cell.cell_type != "markdown":
+            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        exprs = expressions(cell.source)
+        if not exprs:
+            cell.metadata.pop("user_expressions", None)
+            return cell
+        msg_id = self.kc.execute("", silent=True, store_history=False,
+                                 user_expressions={str(k): e for k, e in enumerate(exprs)})
+        reply = await self.async_wait_for_reply(msg_id, cell)
+        results = reply["content"]["user_expressions"]
+        stored = [{"expression": e, "result": results[str(k)]} for k, e in enumerate(exprs)]
+        for item in stored:
+            r = item["result"]
+            if r.get("status") != "ok":
+                raise InlineExpressionError(f"markdown cell {cell_index}: {{eval}}`{item['expression']}` raised "
+                                            f"{r.get('ename')}: {r.get('evalue')}")
+        cell.metadata["user_expressions"] = stored
+        return cell
 
 
 def toc_notebooks() -> list[Path]:
@@ -62,7 +98,7 @@ def execute(path: Path, timeout: int, busy_mark: bool) -> dict:
     nb = nbformat.read(path, as_version=4)
     start_load, started = load(), datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
+    client = ProseClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     record = {
@@ -94,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter()
     for path in notebooks:
         busy = load() > cores
-        record = execute(path, args.timeout, busy)
+        try:
+            record = execute(path, args.timeout, busy)
+        except InlineExpressionError as e:
+            print(f"{path.name}: {e}; the notebook was not written", file=sys.stderr)
+            return 1
         print(f"{path.name:<44} {record['wall_s']:>8.1f} {record['load_start']:>10.2f} "
               f"{record['load_end']:>9.2f}  {record['machine']} / {record['torch_threads']}"
               + ("  BUSY" if record["busy"] else ""), flush=True)
