@@ -96,8 +96,9 @@ def test_a_figure_records_its_source_and_a_changed_source_makes_it_stale(tmp_pat
     assert figures.stale(tmp_path) == [dot]
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is missing: `make graphviz` installs it")
 def test_drawing_a_figure_gives_an_svg_stamped_with_its_source(tmp_path):
+    if shutil.which("dot") is None:
+        pytest.fail("Graphviz's dot is not installed: `make graphviz` (a prerequisite of `make test`) installs it")
     dot = tmp_path / "g.dot"
     dot.write_text('digraph { node [shape=box]; "prompt" -> "answer" }\n')
     svg = figures.draw(dot)
@@ -214,3 +215,35 @@ def test_a_chapter_reads_as_prose_with_its_numbers_and_diagrams_in_jupyterlab(la
         page.screenshot(path=str(ROOT / "_build" / f"jupyterlab-{Path(name).stem}.png"), full_page=False)
     finally:
         page.close()
+
+
+def _sphinx(project: Path) -> subprocess.CompletedProcess:
+    (project / "conf.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT / 'book' / '_ext')!r})\n"
+        "extensions = ['myst_nb', 'stored_eval']\nnb_execution_mode = 'off'\n")
+    return subprocess.run([sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(project),
+                           str(project / "_out")], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_site_renders_stored_values_in_order_and_fails_without_one(tmp_path):
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    def result(text):
+        return {"status": "ok", "data": {"text/plain": text}, "metadata": {}}
+
+    cell = new_markdown_cell("Loss {eval}`f\"{a:.2f}\"` then {eval}`n`; again {eval}`n`.")
+    cell.metadata["user_expressions"] = [
+        {"expression": 'f"{a:.2f}"', "result": result("'0.25'")},
+        {"expression": "n", "result": result("3")}, {"expression": "n", "result": result("4")}]
+    nb = new_notebook(cells=[cell])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "index.ipynb")
+    run = _sphinx(tmp_path)
+    assert run.returncode == 0, run.stderr
+    html = (tmp_path / "_out" / "index.html").read_text()
+    assert re.findall(r'stored-eval">([^<]*)<', html) == ["0.25", "3", "4"]
+    cell.metadata["user_expressions"] = cell.metadata["user_expressions"][:2]  # the last value missing
+    nbformat.write(nb, tmp_path / "index.ipynb")
+    run = _sphinx(tmp_path)
+    assert run.returncode != 0 and "no stored value" in run.stderr and "make execute" in run.stderr
