@@ -44,7 +44,8 @@ def draw(dot: Path) -> Path:
     exe = shutil.which("dot")
     if exe is None:
         raise SystemExit("Graphviz's `dot` is not installed: run `make graphviz` (Debian package graphviz)")
-    svg = subprocess.run([exe, "-Tsvg", str(dot)], check=True, capture_output=True, text=True).stdout
+    fonts = [f"-{kind}fontname=DejaVu Sans" for kind in "GNE"]  # one sans-serif face for every label
+    svg = subprocess.run([exe, "-Tsvg", *fonts, str(dot)], check=True, capture_output=True, text=True).stdout
     head, _, rest = svg.partition("\n")  # keep the XML declaration first
     stamp = f"<!-- source: {dot.name} sha256 {source_sha256(dot)} -->"
     out = dot.with_suffix(".svg")
