@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import http.server
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -41,6 +40,8 @@ FORBIDDEN = {
     "absolute venv path": re.compile(r"(/[\w.-]+)+/(\.venv|site-packages|dist-packages)/"),
     "absolute project path": re.compile(re.escape(str(ROOT)) + r"/"),
 }
+# MyST roles and directives that reached the reader as text (outside code, where the book may show them)
+UNRENDERED = re.compile(r"\{(eval|glue(:text)?|graphviz)\}")
 
 # Known and harmless: with Sphinx 7.4, sphinx-thebe's inline config script (added after the builder starts)
 # is emitted twice, so the second `const THEBE_JS_URL` throws. Thebe (live code cells) is not enabled here.
@@ -50,8 +51,6 @@ KNOWN_JS_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """Build the book with -W into a temporary folder, notebooks not re-executed; return the HTML root."""
-    if shutil.which("dot") is None:  # fail at once, naming the fix, instead of 15 Sphinx errors
-        pytest.fail("Graphviz's `dot` is not installed: `make graphviz` (a prerequisite of `make test`) installs it")
     tmp = tmp_path_factory.mktemp("site")
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
@@ -117,6 +116,11 @@ def test_page_renders_cleanly(page_path, server, browser):
     for what, pattern in FORBIDDEN.items():
         match = pattern.search(text)
         assert match is None, f"{what} on the page: {match.group(0)[:200]!r}"
+
+    prose = page.evaluate("""() => { const a = document.querySelector('article').cloneNode(true);
+        a.querySelectorAll('code, pre, .highlight').forEach(e => e.remove()); return a.innerText; }""")
+    raw = UNRENDERED.search(prose)
+    assert raw is None, f"unrendered markup in the prose: {prose[max(0, raw.start() - 80):raw.end() + 80]!r}"
 
     assert not failed, f"failed requests: {failed}"
     assert not errors, f"JavaScript errors: {errors}"
