@@ -170,7 +170,7 @@ def lab(tmp_path_factory):
            "JUPYTER_RUNTIME_DIR": str(root / "runtime")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.token=",
-         "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={root}",
+         "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True", "--allow-root", f"--ServerApp.root_dir={root}",
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -199,11 +199,11 @@ def test_a_chapter_reads_as_prose_with_its_numbers_and_diagrams_in_jupyterlab(la
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(f"{url}/lab/tree/chapters/{name}", wait_until="domcontentloaded", timeout=120_000)
-        page.wait_for_selector(".jp-MarkdownCell .jp-RenderedMarkdown", timeout=120_000)
+        page.wait_for_selector(".jp-MarkdownCell .myst", state="attached", timeout=120_000)  # rendered by jupyterlab-myst
         page.wait_for_function("n => document.querySelectorAll('.jp-MarkdownCell').length >= n",
                                arg=len(markdown_cells(ROOT / "chapters" / name)), timeout=60_000)
         page.wait_for_timeout(3000)  # MyST renders each cell asynchronously
-        text = page.evaluate("[...document.querySelectorAll('.jp-MarkdownCell .jp-RenderedMarkdown')]"
+        text = page.evaluate("[...document.querySelectorAll('.jp-MarkdownCell .myst')]"
                              ".map(e => e.textContent).join(' ')")
         assert "{eval}" not in text and "{glue" not in text
         missing = [v for v in values if v not in text]

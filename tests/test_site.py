@@ -54,6 +54,10 @@ def site(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("site")
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
+    # local Sphinx extensions are found relative to the config file, which now lives in tmp
+    local = config.get("sphinx", {}).get("local_extensions") or {}
+    for name, folder in local.items():
+        local[name] = str(ROOT / folder)
     (tmp / "_config.yml").write_text(yaml.safe_dump(config))
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(ROOT), "--config", str(tmp / "_config.yml"), "--path-output", str(tmp), "-W"]
