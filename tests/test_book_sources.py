@@ -199,7 +199,8 @@ def test_a_chapter_reads_as_prose_with_its_numbers_and_diagrams_in_jupyterlab(la
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(f"{url}/lab/tree/chapters/{name}", wait_until="domcontentloaded", timeout=120_000)
-        page.wait_for_selector(".jp-MarkdownCell .myst", state="attached", timeout=120_000)  # rendered by jupyterlab-myst
+        # cells rendered by jupyterlab-myst
+        page.wait_for_selector(".jp-MarkdownCell .myst", state="attached", timeout=120_000)
         page.wait_for_function("n => document.querySelectorAll('.jp-MarkdownCell').length >= n",
                                arg=len(markdown_cells(ROOT / "chapters" / name)), timeout=60_000)
         page.wait_for_timeout(3000)  # MyST renders each cell asynchronously
