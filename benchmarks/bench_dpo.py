@@ -7,10 +7,14 @@ LoRA (rank, alpha, q and v projections of every block), β, learning rate and nu
 * ours: ``llm_companion.finetune.dpo``: the reference log-probs computed once with the adapters switched off
   (counted in our time), then ``train_dpo``;
 * TRL: ``DPOTrainer`` with a ``peft`` config and its default ``precompute_ref_log_probs=False``, so the
-  reference (the same network with adapters off) runs again in every step.
+  reference (the same network with adapters off) runs again in every step;
+* TRL with ``precompute_ref_log_probs=True``: its own reference cache, computed when the trainer is built.
 
-The two runs alternate (ours, TRL, TRL, ours, …) so background load slows both alike; the table gives
-medians and the ratio. Pairs/s counts the training pairs of the timed run (steps × batch).
+Each run is timed from the loaded base model to the trained adapter: ours from ``apply_lora`` (the pairs
+tokenized, the reference cached, the steps), TRL's from building the ``DPOTrainer`` (tokenizing, wrapping
+with ``peft``, precomputing if asked) to the end of ``train()``. The runs take turns, in an order that
+reverses every round, so background load slows all alike; the table gives medians and the ratios. Pairs/s
+counts the training pairs of the run (steps × batch).
 """
 from __future__ import annotations
 
@@ -63,13 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_ours() -> float:
         model, _, _ = load_smollm2()
-        apply_lora(model, rank=args.rank, alpha=2 * args.rank, targets=["q", "v"])
         t0 = time.perf_counter()
+        apply_lora(model, rank=args.rank, alpha=2 * args.rank, targets=["q", "v"])
+        pairs = encode_pairs(records, tok, max_response=args.max_response)
         ref = reference_logprobs(model, pairs, batch_size=args.batch)
         train_dpo(model, pairs, beta=beta, steps=args.steps, lr=lr, batch_size=args.batch, reference=ref)
         return time.perf_counter() - t0
 
-    def run_trl() -> float:
+    def run_trl(precompute: bool = False) -> float:
         model = AutoModelForCausalLM.from_pretrained(info.path.parent, gguf_file=info.path.name,
                                                      dtype=torch.float32)
         # the GGUF weights are dequantized to fp32 on load; the flag only records the file's format, but the
@@ -79,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch, max_steps=args.steps,
                             learning_rate=lr, beta=beta, lr_scheduler_type="constant", warmup_steps=0,
                             weight_decay=0.0, logging_steps=args.steps, report_to="none", save_strategy="no",
-                            use_cpu=True, disable_tqdm=True, seed=123, dataloader_num_workers=0)
+                            use_cpu=True, disable_tqdm=True, seed=123, dataloader_num_workers=0,
+                            precompute_ref_log_probs=precompute)
             peft_cfg = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
                                   target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+            t0 = time.perf_counter()
             trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
                                  processing_class=hf_tok, peft_config=peft_cfg)
             first = trainer.train_dataset[0]
@@ -89,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
                                  + len(trainer.train_dataset[i]["chosen_ids"])
                                  + len(trainer.train_dataset[i]["rejected_ids"]) for i in range(len(rows)))
             assert "prompt_ids" in first
-            t0 = time.perf_counter()
             trainer.train()
             return time.perf_counter() - t0
 
@@ -98,20 +104,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} steps × {args.batch} pairs, LoRA rank {args.rank} on q,v of every block; "
           f"load average {' '.join(load)} (a SHARED machine: read the ratio, not the absolute numbers)",
           flush=True)
-    times: dict[str, list[float]] = {"ours": [], "trl": []}
-    order = ["ours", "trl", "trl", "ours"] * ((args.rounds + 1) // 2)
-    for name in order[:2 * args.rounds]:
-        t = run_ours() if name == "ours" else run_trl()
-        times[name].append(t)
-        print(f"  {name}: {t:.1f} s", flush=True)
+    runs = {"ours": run_ours, "trl": run_trl, "trl-precompute": lambda: run_trl(precompute=True)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(args.rounds):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            t = runs[name]()
+            times[name].append(t)
+            print(f"  {name}: {t:.1f} s", flush=True)
     n = args.steps * args.batch
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\ntokens per pass over the {len(pairs)} pairs (prompt counted for both answers): "
           f"ours {n_ours}, TRL {getattr(run_trl, 'tokens', '?')}")
-    print(f"{'':8}{'seconds':>10}{'pairs/s':>10}")
-    for k in ("ours", "trl"):
-        print(f"{k:8}{med[k]:10.1f}{n / med[k]:10.2f}")
-    print(f"ratio ours/TRL (pairs/s): {med['trl'] / med['ours']:.2f}x")
+    print(f"{'':16}{'seconds':>10}{'pairs/s':>10}{'ours / it':>11}")
+    for k in runs:
+        print(f"{k:16}{med[k]:10.1f}{n / med[k]:10.2f}{med[k] / med['ours']:10.2f}x")
     return 0
 
 

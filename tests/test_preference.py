@@ -103,6 +103,37 @@ def test_response_logprobs_equal_a_sum_of_per_token_log_softmax():
     torch.testing.assert_close(response_logprobs(model, *longer)[[0, 2]], got, atol=1e-4, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_logits_at_gives_the_marked_rows_and_the_same_gradients(family):
+    """``model(ids, logits_at=mask)`` is ``model(ids)[mask]``, forward and backward (LoRA gradients equal),
+    so response_logprobs' shortcut changes no number."""
+    from llm_companion import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    model = (GPTModel(GPTConfig(vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_layers=2,
+                                drop_rate=0.0)) if family == "gpt" else tiny_llama())
+    apply_lora(model, rank=2, alpha=4)
+    randomize_adapters(model)
+    ids = torch.randint(0, 97, (3, 9))
+    mask = torch.rand(3, 9) > 0.6
+    mask[1] = False                                           # a row with nothing marked
+    grads = []
+    for use in (True, False):
+        model.zero_grad()
+        out = model(ids, logits_at=mask) if use else model(ids)[mask]
+        assert out.shape == (int(mask.sum()), 97)
+        (out.logsumexp(-1) * torch.arange(1.0, len(out) + 1)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+        if use:
+            first = out.detach()
+    torch.testing.assert_close(first, model(ids)[mask].detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"boolean tensor of shape \(3, 9\)"):
+        model(ids, logits_at=mask[:, :5])
+    with pytest.raises(ValueError, match="boolean"):
+        model(ids, logits_at=mask.long())
+
 # --------------------------------------------------------------------------------------------- the loss
 def test_dpo_loss_by_hand_and_bad_beta():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-10.0, -14.0, -11.0, -12.0))

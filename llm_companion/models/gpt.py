@@ -8,7 +8,7 @@ from torch import nn
 
 from llm_companion.models.attention import MultiHeadAttention
 from llm_companion.models.config import GPTConfig
-from llm_companion.models.kv_cache import KVCache, check_context
+from llm_companion.models.kv_cache import KVCache, check_context, check_logits_at
 
 
 class FeedForward(nn.Module):
@@ -77,8 +77,10 @@ class GPTModel(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
-        """Logits (B, T, V) for token ids ``idx`` (B, T); with ``last_only`` just the last position's (B, 1, V).
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for token ids ``idx`` (B, T); with ``last_only`` just the last position's (B, 1, V);
+        with ``logits_at``, a (B, T) boolean mask, just the marked positions' (N, V), in row-major order.
 
         With a ``cache`` the tokens continue the cached ones (their positions start at ``cache.length``).
         """
@@ -93,8 +95,10 @@ class GPTModel(nn.Module):
             cache.length += T
         if last_only:  # generation needs only the next token's logits: the big head projects one row, not T
             x = x[:, -1:]
-        x = self.final_norm(x)                                                  # (B, T or 1, C)
-        return self.out_head(x)                                                 # (B, T or 1, V)
+        elif logits_at is not None:  # a loss over some positions: the head projects only those rows
+            x = x[check_logits_at(logits_at, B, T)]                           # (N, C)
+        x = self.final_norm(x)                                                  # (B, T or 1, C) or (N, C)
+        return self.out_head(x)                                                 # (B, T or 1, V) or (N, V)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache sized for this model, on its device and in its dtype."""

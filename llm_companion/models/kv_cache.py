@@ -63,3 +63,16 @@ def check_context(context_length: int, past: int, n_new: int) -> None:
         raise ValueError(
             f"input has {past + n_new} tokens but the model's context_length is {context_length}; "
             f"truncate to the last {context_length} tokens (generate() does this for you)")
+
+
+def check_logits_at(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """``mask`` as a (batch, length) boolean tensor, the positions whose logits a forward should return.
+
+    Anything else raises a ValueError naming the expected shape.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (batch, length):
+        what = (f"a {mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor)
+                else type(mask).__name__)
+        raise ValueError(f"logits_at must be a boolean tensor of shape ({batch}, {length}), like the input; "
+                         f"got {what}")
+    return mask

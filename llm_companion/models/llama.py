@@ -29,7 +29,7 @@ from torch import nn
 from llm_companion.models.attention import causal_mask
 from llm_companion.models.config import ConfigError, check_shape
 from llm_companion.data.gguf_file import GGUFContents, GGUFError, read_gguf
-from llm_companion.models.kv_cache import KVCache, check_context
+from llm_companion.models.kv_cache import KVCache, check_context, check_logits_at
 from llm_companion.models.gpt import num_parameters
 from llm_companion.progress import progress
 from llm_companion.data.gguf_file import write_gguf
@@ -274,8 +274,9 @@ class LlamaModel(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False,
-                ) -> torch.Tensor:
-        """Logits (B, T, V) for ids ``idx`` (B, T); with ``last_only`` just the last position's (B, 1, V).
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for ids ``idx`` (B, T); with ``last_only`` just the last position's (B, 1, V);
+        with ``logits_at``, a (B, T) boolean mask, just the marked positions' (N, V), in row-major order.
 
         With a ``cache`` the tokens continue the cached ones (their positions start at ``cache.length``).
         """
@@ -291,7 +292,9 @@ class LlamaModel(nn.Module):
             cache.length += T
         if last_only:  # generation needs only the next token's logits
             x = x[:, -1:]
-        return self.out_head(self.final_norm(x))                                # (B, T or 1, V)
+        elif logits_at is not None:  # a loss over some positions: the head projects only those rows
+            x = x[check_logits_at(logits_at, B, T)]                            # (N, C)
+        return self.out_head(self.final_norm(x))                                # (B, T or 1, V) or (N, V)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for this model, on its device and in its dtype."""
