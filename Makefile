@@ -27,7 +27,7 @@ help:
 	@echo "make execute - re-execute every chapter in place, in order, on an idle machine (for commit)"
 	@echo "make figures - redraw the diagrams (chapters/figures/*.dot -> .svg) whose source changed"
 	@echo "make lab    - open the chapters in JupyterLab with MyST (prose with its numbers, diagrams)"
-	@echo "make notebooks-gpt2 - chapters 5-7 on a random GPT-2-small-shaped checkpoint (LLM_COMPANION_GPT2_DIR)"
+	@echo "make notebooks-gpt2 - chapters 5-7, 9, 10 on a random GPT-2-small-shaped checkpoint (LLM_COMPANION_GPT2_DIR)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -106,8 +106,8 @@ figures: graphviz
 lab: data
 	$(VENV)/bin/jupyter lab chapters/
 
-# Chapters 5-7 on a random gpt2-small (124M) in OpenAI's layout, given through LLM_COMPANION_GPT2_DIR: the path
-# of a reader who has GPT-2 files, at GPT-2's real size and cost. The committed notebooks are not rewritten.
+# Chapters 5-7, 9 and 10 on a random gpt2-small (124M) in OpenAI's layout, given through LLM_COMPANION_GPT2_DIR:
+# the path of a reader who has GPT-2 files, at GPT-2's real size and cost. The committed notebooks are not rewritten.
 notebooks-gpt2: data
 	$(PY) tests/tools/gpt2_shaped.py
 

@@ -1,4 +1,4 @@
-"""Execute chapters 5–7 on GPT-2-shaped weights that are not the stand-in: the online reader's path, offline.
+"""Execute chapters 5–7, 9 and 10 on GPT-2-shaped weights that are not the stand-in: the online reader's path, offline.
 
 A randomly initialised ``gpt2-small`` (124M parameters, GPT-2's exact shape) is written in OpenAI's seven-file
 layout with the library's own exporter into a temporary folder, ``LLM_COMPANION_GPT2_DIR`` points at it, and
@@ -6,9 +6,10 @@ nbval executes each chapter in the quick profile. The committed notebooks are ex
 weights are random, so the chapters see *unverified local GPT-2 files* of the real size and cost: what must
 hold is that every chapter runs, that no checked cell depends on which weights loaded, and that each chapter
 stays within its time budget on GPT-2 small. ``make notebooks-gpt2`` runs this; ``.ci/run`` after ``make test``.
-Chapters 6 and 7 save their classifier and assistant under ``models/``; what this run saves there is tuned
-from random weights, so the folders are put back as they were afterwards (chapter 8 and the ``chat``
-command use the assistant).
+Chapters 6 and 7 save their classifier and assistant under ``models/``; chapter 9 scores that assistant and
+GPT-2 beside the other models, and chapter 10 runs its second DPO on the assistant (tuned from GPT-2 here, as
+on an online reader's machine). What this run saves is tuned from random weights, so the folders are put
+back as they were afterwards (chapter 8 and the ``chat`` command use the assistant).
 
     python tests/tools/gpt2_shaped.py [--weights-dir DIR] [--budget 300] [chapters/05_….ipynb …]
 
@@ -28,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = ("chapters/05_loading_gpt2_weights.ipynb", "chapters/06_classification_finetuning.ipynb",
-            "chapters/07_instruction_finetuning.ipynb")
+            "chapters/07_instruction_finetuning.ipynb", "chapters/09_evaluation.ipynb",
+            "chapters/10_preference_tuning.ipynb")
 
 
 def write_random_gpt2(root: Path, size: str = "124M", seed: int = 0) -> Path:
