@@ -264,3 +264,17 @@ def test_remembered_sha256_hashes_once_until_the_file_changes(tmp_path, monkeypa
     stamp.unlink()
     artifacts.remembered_sha256(f, stamp, expected="0" * 64)  # a digest that is not the expected one…
     assert not stamp.exists()  # …is never remembered
+
+
+def test_the_checkout_is_the_project_home_when_the_library_runs_from_it(monkeypatch):
+    """Without LLM_COMPANION_HOME, data/ and models/ are the checkout's own folders (DESIGN: the layout), not
+    ~/.cache: a fresh clone must not silently reuse another checkout's downloads and checkpoints."""
+    from pathlib import Path
+
+    monkeypatch.delenv("LLM_COMPANION_HOME", raising=False)
+    checkout = Path(__file__).resolve().parents[1]
+    assert Path(download.__file__).resolve().is_relative_to(checkout), "the library is not installed from here"
+    assert download.project_home() == checkout
+    assert artifacts.data_dir() == checkout / "data" and artifacts.models_dir() == checkout / "models"
+    monkeypatch.setenv("LLM_COMPANION_HOME", str(checkout / "elsewhere"))
+    assert artifacts.models_dir() == checkout / "elsewhere" / "models"

@@ -111,7 +111,7 @@ def project_home() -> Path:
     env = os.environ.get(HOME_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # llm_companion/data/download.py → the checkout
     if (checkout / "_toc.yml").is_file() and (checkout / "pyproject.toml").is_file():
         return checkout
     return Path.home() / ".cache" / "llm_companion"
