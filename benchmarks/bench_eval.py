@@ -271,7 +271,10 @@ def main(argv=None) -> int:
             t_lm = run_lmeval(Path(tmp), ["hellaswag"], lm)["hellaswag"]["seconds"]
         speed = {"items": len(items), "ours_items_per_s": len(items) / t_ours,
                  "lmeval_items_per_s": len(items) / t_lm, "ratio": t_lm / t_ours}
-    write_json({"tasks": theirs}, RESULTS / f"eval_smollm2_{tag}_lmeval.json")
+    # every item of every set: compact, log-likelihoods to 1e-5 nats (the differences above use full precision)
+    slim = {t: {**r, "items": [{**it, "ll": [round(x, 5) for x in it["ll"]]} for it in r["items"]]}
+            for t, r in theirs.items()}
+    (RESULTS / f"eval_smollm2_{tag}_lmeval.json").write_text(json.dumps({"tasks": slim}, separators=(",", ":")))
     agree = agreement(ours, theirs)
     diffs = ll_differences(ours, theirs, default_cache_dir())
     write_json({"limit": args.limit, "seed": args.seed, "agreement": agree, "ll_differences": diffs,
