@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -62,6 +63,11 @@ SPEC = {
 }
 FILES = {"hellaswag": "eval-hellaswag", "arc-easy": "eval-arc-easy", "arc-challenge": "eval-arc-challenge",
          "piqa": "eval-piqa", "openbookqa": "eval-openbookqa"}
+
+
+def write_compact(obj, path: Path) -> None:
+    """The per-item result files without indentation: every item of every set stays well under 2 MB."""
+    path.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
 
 
 def subset_files(tasks, indices: dict[str, list[int]], folder: Path) -> None:
@@ -194,8 +200,31 @@ def ll_differences(ours: dict, theirs: dict, cache_root: Path) -> dict:
             if max(d) > 1e-3:
                 odd.append({"index": it["index"], "max_diff": max(d)})
         diffs.sort()
-        rep[task] = {"endings": len(diffs), "max": diffs[-1], "median": diffs[len(diffs) // 2], "over_1e-3": odd}
+        causes = tokenizer_causes(task, [o["index"] for o in odd])
+        for o in odd:
+            o["text_has"] = causes[o["index"]]
+        rep[task] = {"endings": len(diffs), "max": diffs[-1], "median": diffs[len(diffs) // 2], "over_1e-3": odd,
+                     "over_1e-3_explained": sum(bool(o["text_has"]) for o in odd)}
     return rep
+
+
+# Where the two tokenizers are known to split the same text differently (SmolLM2's pre-tokenizer isolates
+# numeric characters; transformers' GGUF tokenizer does not treat these alike)
+FRACTION = re.compile("[\u00bc-\u00be\u2150-\u215e]")     # ¼ ½ ¾ and ⅐ … ⅞
+SPACES_DIGIT = re.compile(r"\s{2,}\d")                       # a run of spaces before a digit
+
+
+def tokenizer_causes(task: str, indices: list[int]) -> dict[int, list[str]]:
+    """For each item, which known tokenizer-split patterns its context or endings contain (empty: none)."""
+    from llm_companion.evaluation import load_task
+
+    items = {it.index: it for it in load_task(task)}
+    out = {}
+    for i in indices:
+        text = items[i].context + "\n".join(items[i].choices)
+        out[i] = [name for name, rx in (("fraction", FRACTION), ("spaces before a digit", SPACES_DIGIT))
+                  if rx.search(text)]
+    return out
 
 
 def agreement(ours: dict, theirs: dict) -> dict:
@@ -215,6 +244,11 @@ def agreement(ours: dict, theirs: dict) -> dict:
                      "acc_norm_ours": sum(a["pred_norm"] == a["gold"] for a, _ in pairs) / n,
                      "acc_norm_lmeval": sum(b["acc_norm"] for _, b in pairs) / n,
                      "agree_acc": same / n, "agree_acc_norm": same_norm / n,
+                     "differ_acc": [{"index": a["index"], "right": "ours" if a["pred"] == a["gold"] else "lm-eval"}
+                                    for a, b in pairs if (a["pred"] == a["gold"]) != bool(b["acc"])],
+                     "differ_acc_norm": [{"index": a["index"],
+                                          "right": "ours" if a["pred_norm"] == a["gold"] else "lm-eval"}
+                                         for a, b in pairs if (a["pred_norm"] == a["gold"]) != bool(b["acc_norm"])],
                      "lmeval_seconds": t["seconds"]}
     return rep
 
@@ -250,7 +284,7 @@ def main(argv=None) -> int:
     print(f"model: {info.describe()}; torch {torch.__version__}, {args.threads} thread(s); "
           f"load average {' '.join(load)}", flush=True)
     ours, secs = run_ours(model, tokenizer, tasks, args.limit, args.seed, cache=True)
-    write_json(ours, RESULTS / f"eval_smollm2_{tag}_ours.json")
+    write_compact(ours, RESULTS / f"eval_smollm2_{tag}_ours.json")
     print(markdown_table(ours), flush=True)
     if args.skip_lmeval:
         return 0
@@ -274,19 +308,20 @@ def main(argv=None) -> int:
     # every item of every set: compact, log-likelihoods to 1e-5 nats (the differences above use full precision)
     slim = {t: {**r, "items": [{**it, "ll": [round(x, 5) for x in it["ll"]]} for it in r["items"]]}
             for t, r in theirs.items()}
-    (RESULTS / f"eval_smollm2_{tag}_lmeval.json").write_text(json.dumps({"tasks": slim}, separators=(",", ":")))
+    write_compact({"tasks": slim}, RESULTS / f"eval_smollm2_{tag}_lmeval.json")
     agree = agreement(ours, theirs)
     diffs = ll_differences(ours, theirs, default_cache_dir())
     write_json({"limit": args.limit, "seed": args.seed, "agreement": agree, "ll_differences": diffs,
                 "speed": speed}, RESULTS / f"eval_smollm2_{tag}_agreement.json")
     print("\n| task | scored by both | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | same acc "
-          "| same acc_norm | max |Δll| | endings |Δll| > 1e-3 |")
+          "| same acc_norm | max |Δll| | items with an ending |Δll| > 1e-3 (of them: ½ or spaces before a digit) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for task, a in agree.items():
         d = diffs[task]
         print(f"| {task} | {a['n']} of {a['of']} | {100 * a['acc_ours']:.1f} | {100 * a['acc_lmeval']:.1f} | "
               f"{100 * a['acc_norm_ours']:.1f} | {100 * a['acc_norm_lmeval']:.1f} | {100 * a['agree_acc']:.2f}% | "
-              f"{100 * a['agree_acc_norm']:.2f}% | {d['max']:.2g} | {len(d['over_1e-3'])} items |")
+              f"{100 * a['agree_acc_norm']:.2f}% | {d['max']:.2g} | "
+              f"{len(d['over_1e-3'])} ({d['over_1e-3_explained']}) |")
     if speed:
         print(f"\nHellaSwag speed, {speed['items']} items, one process: ours {speed['ours_items_per_s']:.2f} items/s, "
               f"lm-eval {speed['lmeval_items_per_s']:.2f} items/s: {speed['ratio']:.2f}x")
