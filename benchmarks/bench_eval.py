@@ -192,7 +192,7 @@ def ll_differences(ours: dict, theirs: dict, cache_root: Path) -> dict:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            rows[row["key"]] = row
+            rows[row["key"].split("/")[0]] = row  # the key is "<index>/<hash of the text>" (no BLiMP here)
         diffs, odd = [], []
         for it in t["items"]:
             d = [abs(a - b) for a, b in zip(rows[str(it["index"])]["ll"], it["ll"], strict=True)]

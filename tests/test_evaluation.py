@@ -247,6 +247,33 @@ def test_evaluate_returns_the_contract_shape_and_resumes_from_its_cache(tmp_path
     assert r2 == r1
 
 
+def test_cache_is_keyed_by_the_items_text_and_the_bar_counts_cached_items(tmp_path, monkeypatch, capsys):
+    import llm_companion.evaluation.harness as harness
+
+    class Tok:
+        name = "bytes"
+
+        def encode(self, s):
+            return [1 + (b % 99) for b in s.encode()]
+
+    model = random_gpt()
+    first = [Item(i, f"Question {i}", (" yes", " no"), 0, (3, 2)) for i in range(5)]
+    evaluate(model, Tok(), "piqa", cache_dir=tmp_path, items={"piqa": first})
+    # same indices, other text: two items are new and must be scored, not read from the first set's cache
+    second = first[:3] + [Item(i, f"Another question {i}", (" yes", " no"), 0, (3, 2)) for i in (3, 4)]
+    scored = []
+    real = harness.score_item
+    monkeypatch.setattr(harness, "score_item", lambda m, t, item: scored.append(item.index) or real(m, t, item))
+    monkeypatch.setenv("LLM_COMPANION_PROGRESS", "plain")
+    capsys.readouterr()
+    r = evaluate(model, Tok(), "piqa", cache_dir=tmp_path, items={"piqa": second})
+    assert scored == [3, 4]
+    fresh = evaluate(model, Tok(), "piqa", cache_dir=False, items={"piqa": second})
+    assert r["tasks"]["piqa"]["items"] == fresh["tasks"]["piqa"]["items"]
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("piqa (3 cached): 100%") and "5/5" in line
+
+
 # ------------------------------------------------------------------------------------------- bad input
 def test_unknown_task_lists_valid_names():
     with pytest.raises(UnknownTaskError, match="valid tasks: blimp, lambada, hellaswag"):

@@ -41,8 +41,11 @@ def default_cache_dir() -> Path:
 
 
 def _key(item: Item) -> str:
+    """The item's place and a hash of its text: items supplied by hand (``evaluate(items=...)``) or a changed
+    cleanup never read the cached score of a different item that happens to share its index."""
     p = item.extra.get("paradigm")
-    return f"{p}/{item.index}" if p else str(item.index)
+    text = hashlib.sha256(json.dumps([item.context, list(item.choices)]).encode()).hexdigest()[:12]
+    return f"{p}/{item.index}/{text}" if p else f"{item.index}/{text}"
 
 
 class _ScoreCache:
@@ -169,14 +172,15 @@ def evaluate(model: nn.Module, tokenizer, tasks, limit: int | None = None, seed:
                 continue
             chosen = select(items[task] if items and task in items else load_task(task), limit, seed, task)
             cache = _ScoreCache(root / fingerprint / f"{task}.jsonl" if root is not None else None)
-            rows = []
+            rows = [cache.get(_key(item)) for item in chosen]
+            todo = [i for i, row in enumerate(rows) if row is None]
+            done = len(chosen) - len(todo)
+            # the bar counts cached items as done, so its rate is that of the items scored now
+            desc = f"{task} ({done:,} cached)" if done else task
             try:
-                for item in progress(chosen, desc=task, unit="item"):
-                    row = cache.get(_key(item))
-                    if row is None:
-                        row = score_item(model, tokenizer, item)
-                        cache.put(row)
-                    rows.append(row)
+                for i in progress(todo, desc=desc, unit="item", total=len(chosen), initial=done):
+                    rows[i] = score_item(model, tokenizer, chosen[i])
+                    cache.put(rows[i])
             finally:
                 cache.close()
             report["tasks"][task] = summarize(task, chosen, rows)
