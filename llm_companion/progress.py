@@ -52,3 +52,10 @@ def progress(iterable=None, **kwargs):
     if mode == "plain":
         return _FinalLineTqdm(iterable, **kwargs)
     return _auto_tqdm(iterable, **kwargs)
+
+
+def notice(message: str) -> None:
+    """A one-line status message (a download starting): on stderr in a terminal, so that a command's stdout
+    stays clean for pipes, but on stdout in a notebook, where stderr is drawn as a red warning box."""
+    in_notebook = "ipykernel" in sys.modules or os.environ.get(ENV_VAR, "").lower() == "plain"
+    print(message, file=sys.stdout if in_notebook else sys.stderr, flush=True)

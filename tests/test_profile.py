@@ -5,7 +5,7 @@ import pytest
 
 from llm_companion import profiles as profile
 from llm_companion.profiles import ProfileError, choose, current
-from llm_companion.progress import progress
+from llm_companion.progress import notice, progress
 
 
 def test_default_profile_is_quick(monkeypatch):
@@ -69,6 +69,21 @@ def test_progress_off_prints_nothing(monkeypatch, capsys):
     assert list(progress(range(3))) == [0, 1, 2]
     captured = capsys.readouterr()
     assert captured.out == captured.err == ""
+
+
+def test_notice_goes_to_stderr_in_a_terminal_and_stdout_in_a_notebook(monkeypatch, capsys):
+    import sys
+    import types
+
+    monkeypatch.delenv("LLM_COMPANION_PROGRESS", raising=False)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    notice("fetching x …")
+    captured = capsys.readouterr()
+    assert captured.err == "fetching x …\n" and captured.out == ""
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # as inside Jupyter
+    notice("fetching y …")
+    captured = capsys.readouterr()
+    assert captured.out == "fetching y …\n" and captured.err == ""
 
 
 def test_default_device_is_a_torch_device_name():

