@@ -204,6 +204,17 @@ def test_bits_per_byte_scores_every_token_once_and_matches_one_forward_when_it_f
                                       .gather(1, torch.tensor(ids[1:17])[:, None])[:, 0].tolist()], abs=1e-5)
 
 
+@pytest.mark.parametrize("n", [16, 17, 40, 41, 47])
+def test_bits_per_byte_bar_ends_at_100_percent(n, monkeypatch, capsys):
+    cfg = ODD.replace(context_length=16)
+    monkeypatch.setenv("LLM_COMPANION_PROGRESS", "plain")
+    capsys.readouterr()
+    nll = token_nll(random_gpt(cfg), _ids(n, cfg.vocab_size, 3), stride=6, desc="bpb")
+    assert len(nll) == n - 1
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("bpb: 100%"), line
+
+
 def test_bits_per_byte_divides_bits_by_utf8_bytes():
     class Tok:
         eot_token = 0
@@ -272,6 +283,15 @@ def test_cache_is_keyed_by_the_items_text_and_the_bar_counts_cached_items(tmp_pa
     assert r["tasks"]["piqa"]["items"] == fresh["tasks"]["piqa"]["items"]
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("piqa (3 cached): 100%") and "5/5" in line
+
+
+def test_cache_folder_follows_its_environment_variable(tmp_path, monkeypatch):
+    import llm_companion.evaluation.harness as harness
+
+    monkeypatch.setenv("LLM_COMPANION_EVAL_CACHE", str(tmp_path / "c"))
+    assert harness.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("LLM_COMPANION_EVAL_CACHE")
+    assert harness.default_cache_dir().name == "eval-cache"
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="FILE.json", help="write the report card as JSON here")
     p.add_argument("--weights", choices=("fp32", "int8", "q4"), default="fp32",
                    help="quantize the model's linear layers first (llm_companion.inference.quantize)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write data/eval-cache/")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write the score cache (data/eval-cache/, or $LLM_COMPANION_EVAL_CACHE)")
 
 
 def load_for_eval(spec: str):

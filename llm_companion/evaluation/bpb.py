@@ -31,22 +31,25 @@ def token_nll(model: nn.Module, ids: list[int], *, stride: int | None = None, de
     stride = stride or max(1, n_ctx // 2)
     device = next(model.parameters()).device
     nll: list[float] = []
-    starts = range(0, max(1, len(ids) - 1), stride)
-    done = 0  # targets scored so far: ids[1 : done+1]
-    for start in progress(starts, desc=desc or "bits per byte", disable=desc is None and len(starts) < 4):
+    # the windows are planned first, so that the progress bar's total is the number of forwards run
+    windows: list[tuple[int, int, int]] = []  # (begin, end, how many of its targets are new)
+    done = 0
+    for start in range(0, max(1, len(ids) - 1), stride):
         begin = max(0, start + stride - n_ctx) if start else 0
         end = min(len(ids), start + stride + 1) if start else min(len(ids), n_ctx + 1)
         if end - 1 <= done:
             continue
+        windows.append((begin, end, end - 1 - done))
+        done = end - 1
+        if done >= len(ids) - 1:
+            break
+    for begin, end, new in progress(windows, desc=desc or "bits per byte",
+                                    disable=desc is None and len(windows) < 4):
         window = torch.tensor([ids[begin:end]], device=device)
         lp = F.log_softmax(model(window[:, :-1])[0].float(), dim=-1)        # (T, V)
         targets = window[0, 1:]
         token_lp = lp.gather(1, targets[:, None])[:, 0]
-        new = end - 1 - done                                                 # the targets not yet scored
         nll += (-token_lp[-new:]).tolist()
-        done = end - 1
-        if done >= len(ids) - 1:
-            break
     return nll
 
 

@@ -37,7 +37,8 @@ def model_fingerprint(model: nn.Module, tokenizer) -> str:
 
 
 def default_cache_dir() -> Path:
-    return data_dir() / "eval-cache"
+    """``$LLM_COMPANION_EVAL_CACHE`` if set, else ``data/eval-cache``."""
+    return Path(os.environ.get("LLM_COMPANION_EVAL_CACHE") or data_dir() / "eval-cache")
 
 
 def _key(item: Item) -> str:

@@ -5,7 +5,8 @@ speed the prose states was measured there, and chapters that quote each other (c
 chapter-7 assistant) quote the same run. For each notebook this records, in its metadata under
 ``llm_book_execution``, and prints as a table: the wall time, the machine (CPU model and cores), torch's
 thread count, and the 1-minute load average at the start and the end. nbclient's per-cell execution
-timestamps are kept (``record_timing``).
+timestamps are kept (``record_timing``). Evaluation scores are cached in a fresh temporary folder
+(``LLM_COMPANION_EVAL_CACHE``), so chapter 9's outputs are this run's scoring, not an earlier run's cache.
 
 Each markdown cell's inline expressions (``{eval}`expr```) are evaluated in the kernel at that point of the
 notebook (after the code cells above it, before the ones below) and stored in the cell's metadata under
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -126,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 3
     notebooks = [p.resolve() for p in args.notebooks] or toc_notebooks()
+    # chapter 9 scores every model in this run, not from a cache an earlier run left in data/eval-cache/
+    eval_cache = tempfile.TemporaryDirectory(prefix="eval-cache-")
+    os.environ["LLM_COMPANION_EVAL_CACHE"] = eval_cache.name
     print(f"{'notebook':<44} {'seconds':>8} {'load start':>10} {'load end':>9}  machine / threads")
     total = time.perf_counter()
     for path in notebooks:
