@@ -85,6 +85,19 @@ def test_an_expression_that_raises_stops_execution_naming_the_cell(tmp_path):
         execute_book.execute(path, timeout=120, busy_mark=False)
 
 
+def test_cores_in_use_sees_a_busy_core():
+    import threading
+
+    stop = time.monotonic() + 1.5
+    spinner = threading.Thread(target=lambda: [None for _ in iter(lambda: time.monotonic() > stop, True)])
+    spinner.start()
+    try:
+        busy = execute_book.cores_in_use(0.5)
+    finally:
+        spinner.join()
+    assert 0.5 <= busy <= (os.cpu_count() or 1) + 0.05
+
+
 def test_a_figure_records_its_source_and_a_changed_source_makes_it_stale(tmp_path):
     dot = tmp_path / "f.dot"
     dot.write_text("digraph { a -> b }\n")
