@@ -3,6 +3,7 @@
 In an interactive Jupyter session or a terminal this is ``tqdm.auto``. When a notebook is executed headless
 (book build, nbval; the Makefile sets ``LLM_COMPANION_PROGRESS=plain``) a widget would be stored as an empty
 box and a text bar as a stack of partial lines, so the bar prints one final line when it closes instead.
+:func:`notice` prints the one-line status messages that go with long work (a download starting).
 """
 from __future__ import annotations
 
