@@ -162,6 +162,54 @@ def test_committed_outputs_hold_no_widget(path):
                 f"cell {k} stores a widget, which a page shows frozen (set LLM_COMPANION_PROGRESS=plain)"
 
 
+# ------------------------------------------------------------------------------- checked outputs, any CPU
+# A cell marked NBVAL_CHECK_OUTPUT must print the same on every CPU. AVX2 and AVX-512 kernels sum floats in
+# different orders, so a float shown to its last digits (Python's repr of a float: 16 digits) or a large
+# float rounded to a whole number (`:,.0f` of a perplexity near 50,000) passes only on the CPU it was stored
+# on. Round it (to 4 decimals, or to 3-4 significant digits), or print a comparison instead.
+LONG_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d{5,}")
+WHOLE_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d.,])|(?<![\w.,])\d{5,}(?![\d.,])")
+# integers of five or more significant digits that checked cells with a `.0f` format print, each exact
+EXACT = {"50257": "GPT-2's vocabulary size", "50,257": "GPT-2's vocabulary size",
+         "1,558": "GPT-2 XL's parameters in millions (integer arithmetic)",
+         "1,638": "GPT-2 XL's untied parameters in millions (integer arithmetic)"}
+
+
+def _significant_digits(number: str) -> int:
+    return len(number.replace(",", "").strip("0"))
+
+
+def _checked_cells(path: Path):
+    for k, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source:
+            text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                           for o in cell.get("outputs", []))
+            yield k, cell.source, text
+
+
+def unsteady_numbers(source: str, output: str) -> list[str]:
+    """Numbers in a checked cell's output whose last digits depend on the CPU's float kernels."""
+    found = LONG_DECIMAL.findall(output)
+    if re.search(r":[^{}\n]*\.0f\}", source):  # floats formatted as whole numbers
+        found += [n for n in WHOLE_NUMBER.findall(output) if _significant_digits(n) > 4 and n not in EXACT]
+    return found
+
+
+def test_the_unsteady_number_rule_catches_what_failed_on_avx2():
+    src = 'print(f"perplexity ≈ {perplexity(loss):,.0f} of {V:,} tokens")'
+    assert unsteady_numbers(src, "perplexity ≈ 47,072 of 50,257 tokens\n") == ["47,072"]
+    assert unsteady_numbers(src, "perplexity ≈ 47,100 of 50,257 tokens\n") == []
+    assert unsteady_numbers("print(p.tolist())", "[0.2689414322376251, 0.7310585975646973]") == [
+        "0.2689414322376251", "0.7310585975646973"]
+    assert unsteady_numbers("print(t)", "tensor([0.1385, 0.2379])  sum: 1.0\n124,439,808 parameters") == []
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_checked_cells_print_no_float_to_digits_a_cpu_changes(path):
+    bad = {k: found for k, source, text in _checked_cells(path) if (found := unsteady_numbers(source, text))}
+    assert bad == {}, f"checked cells print floats to their last digits (round them): {bad}"
+
+
 # ------------------------------------------------------------------------------------------ JupyterLab
 def _free_port() -> int:
     with socket.socket() as s:

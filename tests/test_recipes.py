@@ -20,6 +20,7 @@ OPENAI_FILES = {"checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-0
                 "model.ckpt.meta", "vocab.bpe"}
 TINY = replace(recipes.BOOKS, model=dict(recipes.BOOKS.model, context_length=32, emb_dim=32, n_heads=2, n_layers=1),
                steps=6, batch_size=2, warmup_steps=1, eval_every=3, eval_batches=2, checkpoint_every=3)
+RAN = pretrain.at_native_precision(TINY, "cpu", verbose=False)  # TINY as this CPU runs it: bf16 only if native
 
 
 @pytest.fixture
@@ -53,6 +54,8 @@ def test_a_trial_is_its_own_recipe_with_periodic_work_that_fits():
     trial = recipes.BOOKS.with_steps(50)
     assert trial.steps == 50 and trial.recipe_id != recipes.BOOKS.recipe_id
     assert trial.eval_every <= 50 and trial.checkpoint_every <= 50 and 1 <= trial.warmup_steps < 50
+    assert trial.eval_batches == recipes.BOOKS.eval_batches == 16
+    assert recipes.BOOKS.with_steps(2).eval_batches == 2  # a two-step trial evaluates on two batches
     assert recipes.BOOKS.with_steps(recipes.BOOKS.steps) is recipes.BOOKS
     with pytest.raises(recipes.RecipeError, match="at least one step"):
         recipes.BOOKS.with_steps(0)
@@ -70,13 +73,13 @@ def test_books_recipe_is_gpt2_shaped_and_uses_the_books_corpus():
 @pytest.mark.slow
 def test_run_publishes_a_verified_openai_folder_with_metrics(tiny_corpus, tmp_path):
     folder = pretrain.run_recipe(TINY, out=tmp_path, verbose=False)
-    assert folder == tmp_path / TINY.folder_name
+    assert folder == tmp_path / RAN.folder_name
     names = {p.name for p in folder.iterdir()}
     assert OPENAI_FILES | {"SHA256SUMS", "metrics.json", "history.json", "CORPUS-MANIFEST.sha256"} == names
-    assert sorted(p.name for p in tmp_path.iterdir()) == [TINY.folder_name]  # no checkpoints or temp dirs left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RAN.folder_name]  # no checkpoints or temp dirs left
     verify_dir(folder)
     m = json.loads((folder / "metrics.json").read_text())
-    assert m["recipe"] == TINY.to_dict() and m["recipe_id"] == TINY.recipe_id
+    assert m["recipe"] == RAN.to_dict() and m["recipe_id"] == RAN.recipe_id
     assert m["corpus_sha256"] == tiny_corpus.sha256 and m["steps"] == 6 and m["tokens_seen"] == 6 * 2 * 32
     assert [x["step"] for x in m["losses"]] == [3, 6] and m["val_loss"] < 10.83  # below uniform guessing
     assert m["sample"].startswith("Every effort moves you")
@@ -101,7 +104,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_corpus
     with pytest.raises(KeyboardInterrupt):
         pretrain.run_recipe(TINY, out=tmp_path / "resumed", verbose=False)
     monkeypatch.setattr(training, "save_checkpoint", real_save)
-    assert (tmp_path / "resumed" / f".books-run-{TINY.recipe_id}" / "checkpoints" / "step-00000003").is_dir()
+    assert (tmp_path / "resumed" / f".books-run-{RAN.recipe_id}" / "checkpoints" / "step-00000003").is_dir()
     resumed = pretrain.run_recipe(TINY, out=tmp_path / "resumed", resume=True, verbose=False)
 
     a, b = from_tf_checkpoint(whole), from_tf_checkpoint(resumed)
@@ -112,7 +115,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_corpus
 
 
 def test_without_resume_old_checkpoints_are_discarded(tiny_corpus, tmp_path, monkeypatch):
-    stale = tmp_path / f".books-run-{TINY.recipe_id}" / "checkpoints" / "step-00000005"
+    stale = tmp_path / f".books-run-{RAN.recipe_id}" / "checkpoints" / "step-00000005"
     stale.mkdir(parents=True)
     seen = {}
 
@@ -143,11 +146,11 @@ def test_cli_trial_of_the_books_recipe_runs_from_the_mirror_and_writes_the_folde
     # the real corpus (tokens cached under data/ after the first run), the real shape, two steps
     run = _cli("--recipe", "books", "--steps", "2", out=tmp_path)
     assert run.returncode == 0, run.stderr
-    trial = recipes.BOOKS.with_steps(2)
+    trial = pretrain.at_native_precision(recipes.BOOKS.with_steps(2), "cpu", verbose=False)
     folder = tmp_path / trial.folder_name
     verify_dir(folder)
     m = json.loads((folder / "metrics.json").read_text())
-    assert m["corpus_sha256"] == BOOKS_SHA256 and m["trial_of"] == recipes.BOOKS.recipe_id
+    assert m["corpus_sha256"] == BOOKS_SHA256 and m["trial_of"] == replace(recipes.BOOKS, bf16=trial.bf16).recipe_id
     assert m["tokens_seen"] == 2 * 8 * 256 and m["parameters"] > 10_000_000
     assert "training" in run.stdout and "sample:" in run.stdout
     assert Path(folder / "hparams.json").is_file()
@@ -175,3 +178,25 @@ def test_each_books_recipe_reads_its_own_preparation_of_the_corpus(monkeypatch):
     about = [pretrain.corpus_for(recipes.get_recipe(n), verbose=False).about for n in ("books", "books-v2")]
     assert asked == ["v1", "v2"]
     assert [a["corpus_preparation"] for a in about] == ["v1", "v2"]
+
+
+def test_a_bf16_recipe_runs_in_fp32_under_its_own_id_where_bf16_would_be_emulated(monkeypatch, capsys):
+    monkeypatch.setattr(pretrain, "bf16_support", lambda device=None: (False, "no bf16 here"))
+    fp32 = pretrain.at_native_precision(recipes.BOOKS, "cpu")
+    assert not fp32.bf16 and fp32.recipe_id != recipes.BOOKS.recipe_id
+    assert fp32.folder_name == f"standin-books-{fp32.recipe_id}"  # the folder says what ran
+    said = capsys.readouterr().out
+    assert "no bf16 here" in said and "emulated" in said and recipes.BOOKS.recipe_id in said
+    assert fp32.recipe_id in said and said.count("\n") == 1
+
+    monkeypatch.setattr(pretrain, "bf16_support", lambda device=None: (True, "native"))
+    assert pretrain.at_native_precision(recipes.BOOKS, "cpu") is recipes.BOOKS
+    assert pretrain.at_native_precision(recipes.STANDIN, "cpu") is recipes.STANDIN  # fp32 recipes unchanged
+    assert capsys.readouterr().out == ""
+
+
+def test_a_trial_names_the_full_recipe_at_the_precision_it_ran():
+    fp32 = replace(recipes.BOOKS, bf16=False)
+    assert pretrain.full_recipe_id(fp32.with_steps(2)) == fp32.recipe_id
+    assert pretrain.full_recipe_id(recipes.BOOKS.with_steps(2)) == recipes.BOOKS.recipe_id
+    assert pretrain.full_recipe_id(recipes.BOOKS) is None  # not a trial

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_companion.models.eval_mode import evaluating
+from llm_companion.precision import use_bf16
 from llm_companion.training import distributed
 
 IGNORE_INDEX = -100
@@ -72,6 +73,7 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable | None = None, num_batc
     """
     loss_fn = loss_fn or default_loss
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    bf16 = use_bf16(bf16, device, verbose=False)  # never emulated (llm_companion.precision)
     total, n = 0.0, 0
     with evaluating(model):
         for i, batch in enumerate(loader):

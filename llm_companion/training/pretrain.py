@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +37,7 @@ from llm_companion.models.checkpoint import CheckpointError, save_model, seal, v
 from llm_companion.models.config import GPTConfig
 from llm_companion.models.gpt import GPTModel
 from llm_companion.models.openai_checkpoint import write_tf_checkpoint
+from llm_companion.precision import EMULATED_SLOWDOWN, bf16_support
 from llm_companion.training import distributed, recipes
 from llm_companion.training import loop as training
 from llm_companion.training.recipes import RECIPES, Recipe
@@ -130,6 +131,26 @@ def train_config(recipe: Recipe, *, verbose: bool = True) -> training.TrainConfi
         checkpoint_every=recipe.checkpoint_every, seed=recipe.seed, verbose=verbose)
 
 
+def at_native_precision(recipe: Recipe, device: str | torch.device | None = None, *,
+                        verbose: bool = True) -> Recipe:
+    """``recipe`` as it can run on ``device``: a bf16 recipe becomes an fp32 one where bf16 would be emulated.
+
+    The fp32 recipe has its own id, so its folder and ``metrics.json`` say what ran; it is not the published
+    bf16 model, and the message says so.
+    """
+    if not recipe.bf16:
+        return recipe
+    native, why = bf16_support(device)
+    if native:
+        return recipe
+    fp32 = replace(recipe, bf16=False)
+    if verbose and distributed.is_main():
+        print(f"recipe {recipe.name} ({recipe.recipe_id}) trains with bf16 autocast, but {why}: emulated, bf16 "
+              f"would be {EMULATED_SLOWDOWN} here. Training in fp32 instead, which is recipe "
+              f"{fp32.recipe_id}: not the published {recipe.recipe_id}, so its losses differ slightly.")
+    return fp32
+
+
 def pretrain(recipe: Recipe, *, out: str | Path, resume: bool = False, device: str | torch.device | None = None,
              verbose: bool = True) -> PretrainRun:
     """Train a fresh :class:`GPTModel` as ``recipe`` says; checkpoints go to ``out/checkpoints/``.
@@ -137,6 +158,7 @@ def pretrain(recipe: Recipe, *, out: str | Path, resume: bool = False, device: s
     ``resume=True`` continues from the newest checkpoint there and ends with the weights an uninterrupted run
     gives (:func:`llm_companion.training.loop.train`). Publishing the model is the caller's job.
     """
+    recipe = at_native_precision(recipe, device or "cpu", verbose=verbose)  # train() keeps the model's device
     cfg = GPTConfig(**recipe.model)
     tok = gpt2_tokenizer()
     if cfg.vocab_size < tok.n_vocab:
@@ -161,10 +183,9 @@ def pretrain(recipe: Recipe, *, out: str | Path, resume: bool = False, device: s
 def run_metrics(recipe: Recipe, model: GPTModel, history: training.History, splits: TokenSplits,
                 tokenizer) -> dict[str, Any]:
     """What a finished run records: the recipe and its id, the corpus, losses by step, time, a greedy sample."""
-    base = RECIPES.get(recipe.name)
     return {
         "recipe": recipe.to_dict(), "recipe_id": recipe.recipe_id, "note": recipe.note,
-        "trial_of": base.recipe_id if base is not None and base.steps != recipe.steps else None,
+        "trial_of": full_recipe_id(recipe),
         **splits.about, "train_tokens": int(len(splits.train)), "val_tokens": int(len(splits.val)),
         "parameters": sum(p.numel() for p in model.parameters()), "processes": distributed.world_size(),
         "steps": history.steps[-1], "tokens_seen": history.tokens_seen[-1],
@@ -174,6 +195,14 @@ def run_metrics(recipe: Recipe, model: GPTModel, history: training.History, spli
                    zip(history.steps, history.tokens_seen, history.train_loss, history.val_loss, strict=True)],
         "sample": sample_text(model, tokenizer), "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
+
+
+def full_recipe_id(recipe: Recipe) -> str | None:
+    """The id of the registered recipe that ``recipe`` is a shortened trial of (at its precision), else None."""
+    base = RECIPES.get(recipe.name)
+    if base is None or base.steps == recipe.steps:
+        return None
+    return replace(base, bf16=recipe.bf16).recipe_id
 
 
 def sample_text(model, tokenizer, prompt: str = PROMPT, max_new_tokens: int = 25) -> str:
@@ -195,6 +224,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = 
     ``out`` defaults to ``models/``. Checkpoints live in ``<out>/.<name>-run-<recipe id>/`` until the
     folder is published; ``resume=True`` continues from the newest of them (else they are discarded).
     """
+    recipe = at_native_precision(recipe, device, verbose=verbose)  # the folder's name says what ran
     out = Path(out) if out is not None else models_dir()
     final = out / recipe.folder_name
     work = out / f".{recipe.name}-run-{recipe.recipe_id}"

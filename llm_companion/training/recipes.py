@@ -70,12 +70,17 @@ class Recipe:
         return f"standin-{self.name}-{self.recipe_id}"
 
     def with_steps(self, steps: int) -> Recipe:
-        """The same recipe shortened (or lengthened) to ``steps``, periodic work rescaled to fit."""
+        """The same recipe shortened (or lengthened) to ``steps``, periodic work rescaled to fit.
+
+        A short trial evaluates on at most as many batches as it trains steps: it checks the pipeline, and
+        on a slow CPU its evaluation would otherwise cost more than its training.
+        """
         if steps == self.steps:
             return self
         frac = self.warmup_steps / self.steps
         return replace(self, steps=steps, warmup_steps=max(1, round(steps * frac)),
-                       eval_every=min(self.eval_every, steps), checkpoint_every=min(self.checkpoint_every, steps))
+                       eval_every=min(self.eval_every, steps), eval_batches=min(self.eval_batches, steps),
+                       checkpoint_every=min(self.checkpoint_every, steps))
 
 
 # The local stand-in: GPT-2 shaped (GPT-2 vocabulary, tied weights, qkv bias) so the GPT-2 loaders and
