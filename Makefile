@@ -17,7 +17,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 MATHJAX_SRC ?= /usr/share/javascript/mathjax
 MATHJAX_DST := book/_static/mathjax
 
-.PHONY: book test install data chromium graphviz mathjax system unit fast lint notebooks execute figures lab notebooks-gpt2 clean help
+.PHONY: book test test-avx2 install data chromium graphviz mathjax system unit fast lint notebooks execute figures lab notebooks-gpt2 clean help
 
 help:
 	@echo "make book   - build the static site into _build/html (jupyter-book build . -W)"
@@ -28,6 +28,7 @@ help:
 	@echo "make figures - redraw the diagrams (chapters/figures/*.dot -> .svg) whose source changed"
 	@echo "make lab    - open the chapters in JupyterLab with MyST (prose with its numbers, diagrams)"
 	@echo "make notebooks-gpt2 - chapters 5-7, 9, 10 on a random GPT-2-small-shaped checkpoint (LLM_COMPANION_GPT2_DIR)"
+	@echo "make test-avx2 - make test on the AVX2 code paths (no AVX-512, no native bf16), forced on any x86 CPU"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -112,6 +113,13 @@ notebooks-gpt2: data
 	$(PY) tests/tools/gpt2_shaped.py
 
 test: unit notebooks
+
+# An AVX2-only CPU (AMD Zen 2/3, Intel client CPUs) runs other kernels than an AVX-512 server: floats sum in another
+# order and bf16 is emulated. These variables hold PyTorch, oneDNN and MKL to their AVX2 paths on any x86 CPU
+# (tests/test_precision.py checks that they take effect), so one machine tries both kinds.
+AVX2_PATHS := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+test-avx2:
+	$(AVX2_PATHS) $(MAKE) test
 
 clean:
 	rm -rf _build

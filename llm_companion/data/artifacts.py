@@ -253,7 +253,8 @@ for _line in _BLIMP_SHA256.split("\n"):
 # --------------------------------------------------------------------------------------------- GPT-2 checkpoints
 # OpenAI's TF checkpoints (seven files per size) and Hugging Face's safetensors conversions. Loading them is
 # llm_companion.models.openai_checkpoint's job; here they are only declared. Published sizes:
-# rasbt/LLMs-from-scratch ch05 tests (124M, 355M). The 124M safetensors hash/size: the LFS pointer of openai-community/gpt2 @ 607a30d7.
+# rasbt/LLMs-from-scratch ch05 tests (124M, 355M). The 124M safetensors hash/size: the LFS pointer of
+# openai-community/gpt2 @ 607a30d7.
 # Where no hash is known, the format's own check (below) and the loader's shape checks guard the bytes.
 _OPENAI_GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 _OPENAI_GPT2_BACKUP = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"

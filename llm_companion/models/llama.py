@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_companion.data.gguf_file import GGUFContents, GGUFError, read_gguf, write_gguf
 from llm_companion.models.attention import causal_mask
 from llm_companion.models.config import ConfigError, check_shape
-from llm_companion.data.gguf_file import GGUFContents, GGUFError, read_gguf
-from llm_companion.models.kv_cache import KVCache, check_context, check_logits_at
 from llm_companion.models.gpt import num_parameters
+from llm_companion.models.kv_cache import KVCache, check_context, check_logits_at
 from llm_companion.progress import progress
-from llm_companion.data.gguf_file import write_gguf
 
 
 class LlamaConfigError(ConfigError):

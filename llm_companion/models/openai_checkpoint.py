@@ -25,14 +25,19 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from llm_companion.atomic import atomic_dir
 from llm_companion.data.artifacts import GPT2_CHECKPOINT_FILES, fetch, get_artifact
-from llm_companion.atomic import atomic_dir, temp_dir_beside  # noqa: F401 (temp_dir_beside: old import path)
 from llm_companion.models.checkpoint import CheckpointError, CheckpointMismatch
 from llm_companion.models.config import GPTConfig
+from llm_companion.models.gpt import GPTModel
 from llm_companion.models.hf_convert import BLOCK_RENAMES as _HF_RENAMES  # the one naming table
 from llm_companion.models.hf_convert import TOP_RENAMES as _HF_TOP
-from llm_companion.models.hf_convert import config_from_hf, config_from_state_dict, load_converted, model_from_hf_state_dict
-from llm_companion.models.gpt import GPTModel
+from llm_companion.models.hf_convert import (
+    config_from_hf,
+    config_from_state_dict,
+    load_converted,
+    model_from_hf_state_dict,
+)
 
 SIZES = {"gpt2-small": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
 _CKPT = "model.ckpt"
