@@ -94,6 +94,9 @@ def test_mirror_hit_is_copied_and_verified(home, monkeypatch):
     path = fetch(art.name, offline=True)
     assert path == home_dir / "data" / "tmp" / "tmp.txt"
     assert path.read_bytes() == PAYLOAD
+    # nothing written into the mirror (CI mounts it read-only; it is not the project's): stamps stay in data/
+    assert sorted(p.relative_to(mirror).as_posix() for p in mirror.rglob("*")) == ["deep", "deep/er",
+                                                                                  "deep/er/tmp.txt"]
     # a second fetch uses the local copy even after the mirror is gone
     monkeypatch.delenv("LLM_COMPANION_MIRROR")
     assert fetch(art.name, offline=True).read_bytes() == PAYLOAD

@@ -141,16 +141,19 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def remembered_sha256(path: Path, stamp: Path, *, trust_stamp: bool = True, expected: str | None = None) -> str:
+def remembered_sha256(path: Path, stamp: Path | None, *, trust_stamp: bool = True,
+                      expected: str | None = None) -> str:
     """sha256 of ``path``, remembered in the small JSON file ``stamp`` (size, mtime, sha256) so that a
     multi-GB checkpoint is hashed once, not at every use.
 
     The stamp counts only while the file's size and mtime are those it records; ``trust_stamp=False`` (a
     fresh copy) hashes anyway. A digest is remembered only when it is ``expected`` (if given), and an
-    unwritable stamp location only costs the hashing next time. The registry keeps stamps beside its
-    files; :mod:`llm_companion.training.pretrained` keeps those of a reader's (maybe read-only) folder under
-    ``models/``.
+    unwritable stamp location only costs the hashing next time; ``stamp=None`` hashes and remembers nothing.
+    The registry keeps stamps beside its files in ``data/`` and ``models/``; :mod:`llm_companion.training.pretrained`
+    keeps those of a reader's (maybe read-only) folder under ``models/``. Nothing is written into a mirror.
     """
+    if stamp is None:
+        return sha256_of(path)
     st = path.stat()
     key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if trust_stamp:
@@ -175,10 +178,11 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.verified")
 
 
-def verify(artifact: Artifact, path: Path, *, use_stamp: bool = True) -> None:
+def verify(artifact: Artifact, path: Path, *, use_stamp: bool = True, remember: bool = True) -> None:
     """Raise :class:`IntegrityError` unless ``path`` matches the artifact's size and sha256.
 
-    The digest is remembered beside the file (:func:`remembered_sha256`); ``use_stamp=False`` hashes anyway.
+    The digest is remembered beside the file (:func:`remembered_sha256`); ``use_stamp=False`` hashes anyway;
+    ``remember=False`` writes no stamp (a mirror's file: the mirror is not the project's to write into).
     """
     st = path.stat()
     if artifact.size is not None and st.st_size != artifact.size:
@@ -187,7 +191,8 @@ def verify(artifact: Artifact, path: Path, *, use_stamp: bool = True) -> None:
         artifact.check(path)
     if artifact.sha256 is None:
         return
-    digest = remembered_sha256(path, _stamp_path(path), trust_stamp=use_stamp, expected=artifact.sha256)
+    digest = remembered_sha256(path, _stamp_path(path) if remember else None, trust_stamp=use_stamp,
+                               expected=artifact.sha256)
     if digest != artifact.sha256:
         raise IntegrityError(f"{path}: sha256 {digest[:16]}…, expected {artifact.sha256[:16]}…")
 
@@ -204,7 +209,7 @@ def _from_mirror(artifact: Artifact, dest: Path, tried: list[str]) -> bool:
             tried.append(f"mirror {mirror}: no file named {' or '.join(names)}")
         for cand in candidates:
             try:
-                verify(artifact, cand, use_stamp=False)
+                verify(artifact, cand, use_stamp=False, remember=False)
             except IntegrityError as e:
                 tried.append(f"mirror {cand}: {e}")
                 continue
