@@ -88,9 +88,10 @@ fast: data
 lint: install
 	$(VENV)/bin/ruff check llm_companion tests benchmarks chapters
 
-# appendix D screenshots the chat page in Debian's chromium
+# appendix D screenshots the chat page in Debian's chromium; NOTEBOOKS narrows the run (default: every chapter)
+NOTEBOOKS ?= chapters/
 notebooks: data chromium
-	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --nbval-sanitize-with chapters/sanitize.cfg chapters/
+	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 --nbval-sanitize-with chapters/sanitize.cfg $(NOTEBOOKS)
 
 # Execute every chapter in place, in toc order, one after another (quick profile), recording wall time, machine,
 # threads and load in each notebook's metadata: the committed outputs come from one such run on an idle machine.

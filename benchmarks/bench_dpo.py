@@ -10,6 +10,9 @@ LoRA (rank, alpha, q and v projections of every block), β, learning rate and nu
   reference (the same network with adapters off) runs again in every step;
 * TRL with ``precompute_ref_log_probs=True``: its own reference cache, computed when the trainer is built.
 
+Both train in fp32. (``DPOConfig`` defaults to ``bf16=True``, bf16 autocast even on a CPU that emulates it: on
+the AVX2 code paths one TRL run took 373 s against our 17 s; ``benchmarks/README.md`` records it.)
+
 Each run is timed from the loaded base model to the trained adapter: ours from ``apply_lora`` (the pairs
 tokenized, the reference cached, the steps), TRL's from building the ``DPOTrainer`` (tokenizing, wrapping
 with ``peft``, precomputing if asked) to the end of ``train()``. The runs take turns, in an order that
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                             learning_rate=lr, beta=beta, lr_scheduler_type="constant", warmup_steps=0,
                             weight_decay=0.0, logging_steps=args.steps, report_to="none", save_strategy="no",
                             use_cpu=True, disable_tqdm=True, seed=123, dataloader_num_workers=0,
-                            precompute_ref_log_probs=precompute)
+                            precompute_ref_log_probs=precompute, bf16=False)
             peft_cfg = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
                                   target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
             t0 = time.perf_counter()

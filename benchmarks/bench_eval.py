@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     from llm_companion import load_smollm2
-    from llm_companion.data.artifacts import data_dir
+    from llm_companion.data.download import data_dir
     from llm_companion.evaluation import evaluate, load_task, select
     from llm_companion.evaluation.harness import default_cache_dir
     from llm_companion.evaluation.report import markdown_table, write_json

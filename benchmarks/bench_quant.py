@@ -38,10 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_llama import read_bandwidth  # noqa: E402  (streaming read rate of this machine)
 
 from llm_companion.inference.generation import generate  # noqa: E402
-from llm_companion.inference.quantize import quantize_model, weight_bytes_per_token  # noqa: E402
+from llm_companion.inference.quantize import WEIGHTS, quantize_model, weight_bytes_per_token  # noqa: E402
 from llm_companion.inference.smollm2 import load_smollm2  # noqa: E402
 
-PRECISIONS = ("fp32", "int8", "q4")
+PRECISIONS = WEIGHTS
 
 
 def llama_bench(path: str, gguf: str, threads: int, prefill: int, new: int) -> dict[str, float]:

@@ -6,6 +6,7 @@ from llm_companion.data.artifacts import fetch
 from llm_companion.data.dataset import GPTDataset, create_dataloader
 from llm_companion.data.gguf_file import GGUFError, read_gguf
 from llm_companion.data.tokenizer import SimpleTokenizer, UnknownTokenError, build_vocab, gguf_tokenizer, gpt2_tokenizer
+from llm_companion.finetune.assistant import load_assistant, save_assistant
 from llm_companion.finetune.classification import GPTClassifier, classify, load_classifier, save_classifier
 from llm_companion.finetune.instruct import (
     InstructionCollator,
@@ -20,14 +21,14 @@ from llm_companion.models.attention import MultiHeadAttention
 from llm_companion.models.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from llm_companion.models.config import GPTConfig
 from llm_companion.models.embeddings import GPTEmbedding
+from llm_companion.models.gguf_checkpoint import load_llama_gguf
 from llm_companion.models.gpt import GPTModel
 from llm_companion.models.kv_cache import KVCache
-from llm_companion.models.llama import LlamaConfig, LlamaModel, load_llama_gguf
-from llm_companion.serving.chat import load_assistant, save_assistant
+from llm_companion.models.llama import LlamaConfig, LlamaModel
 from llm_companion.training.loop import History, TrainConfig, plot_losses, train
 from llm_companion.training.losses import calc_loss_batch, calc_loss_loader, perplexity
 from llm_companion.training.pretrain import ensure_standin
-from llm_companion.training.pretrained import WeightsDirError, WeightsInfo, WeightsUnavailable, load_pretrained
+from llm_companion.training.starting_weights import WeightsDirError, WeightsInfo, WeightsUnavailable, load_pretrained
 
 __version__ = "0.1.0"
 

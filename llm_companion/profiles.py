@@ -3,6 +3,9 @@
 ``LLM_BOOK_PROFILE`` selects ``quick`` (default: every chapter in about a minute on 2 CPU cores) or
 ``full`` (book-scale runs for a reader with a GPU and internet). Chapters call :func:`choose` once, in a
 visible cell, so the reader sees the values of both profiles and which one ran.
+
+This is one of the environment variables the library reads; CONTRIBUTING.md ("Environment variables")
+lists them all, with what each does and which module reads it.
 """
 from __future__ import annotations
 

@@ -11,14 +11,8 @@ import pytest
 
 from llm_companion.cli import main as cli_main
 from llm_companion.data import artifacts, download
-from llm_companion.data.artifacts import (
-    REGISTRY,
-    Artifact,
-    ArtifactUnavailable,
-    UnknownArtifact,
-    fetch,
-    get_artifact,
-)
+from llm_companion.data.artifacts import REGISTRY, fetch, get_artifact
+from llm_companion.data.download import Artifact, ArtifactUnavailable, UnknownArtifact
 
 PAYLOAD = b"It had always been Jack Gisburn's way to do things by halves.\n" * 200
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -217,9 +211,9 @@ def test_registered_hashes_match_shared_sources():
 def test_register_refuses_a_conflicting_duplicate(monkeypatch):
     monkeypatch.setattr(download, "REGISTRY", dict(REGISTRY))
     art = artifacts.REGISTRY["the-verdict"]
-    assert artifacts.register(art) is art  # re-registering the same artifact is fine
+    assert download.register(art) is art  # re-registering the same artifact is fine
     with pytest.raises(ValueError, match="already registered"):
-        artifacts.register(Artifact(name="the-verdict", filename="other.txt", urls=()))
+        download.register(Artifact(name="the-verdict", filename="other.txt", urls=()))
 
 
 # ------------------------------------------------------------------------------------------- the CLI
@@ -255,17 +249,17 @@ def test_remembered_sha256_hashes_once_until_the_file_changes(tmp_path, monkeypa
     f, stamp = tmp_path / "big.bin", tmp_path / "stamps" / "big.json"
     f.write_bytes(b"some bytes")
     hashed = []
-    real = artifacts.sha256_of
+    real = download.sha256_of
     monkeypatch.setattr(download, "sha256_of", lambda p: hashed.append(p) or real(p))
     digest = hashlib.sha256(b"some bytes").hexdigest()
-    assert artifacts.remembered_sha256(f, stamp) == digest and len(hashed) == 1
-    assert artifacts.remembered_sha256(f, stamp) == digest and len(hashed) == 1  # from the stamp
-    assert artifacts.remembered_sha256(f, stamp, trust_stamp=False) == digest and len(hashed) == 2
+    assert download.remembered_sha256(f, stamp) == digest and len(hashed) == 1
+    assert download.remembered_sha256(f, stamp) == digest and len(hashed) == 1  # from the stamp
+    assert download.remembered_sha256(f, stamp, trust_stamp=False) == digest and len(hashed) == 2
     f.write_bytes(b"other bytes!")  # another size: the stamp no longer counts
-    assert artifacts.remembered_sha256(f, stamp) == hashlib.sha256(b"other bytes!").hexdigest()
+    assert download.remembered_sha256(f, stamp) == hashlib.sha256(b"other bytes!").hexdigest()
     assert len(hashed) == 3
     stamp.unlink()
-    artifacts.remembered_sha256(f, stamp, expected="0" * 64)  # a digest that is not the expected one…
+    download.remembered_sha256(f, stamp, expected="0" * 64)  # a digest that is not the expected one…
     assert not stamp.exists()  # …is never remembered
 
 
@@ -278,6 +272,6 @@ def test_the_checkout_is_the_project_home_when_the_library_runs_from_it(monkeypa
     checkout = Path(__file__).resolve().parents[1]
     assert Path(download.__file__).resolve().is_relative_to(checkout), "the library is not installed from here"
     assert download.project_home() == checkout
-    assert artifacts.data_dir() == checkout / "data" and artifacts.models_dir() == checkout / "models"
+    assert download.data_dir() == checkout / "data" and download.models_dir() == checkout / "models"
     monkeypatch.setenv("LLM_COMPANION_HOME", str(checkout / "elsewhere"))
-    assert artifacts.models_dir() == checkout / "elsewhere" / "models"
+    assert download.models_dir() == checkout / "elsewhere" / "models"

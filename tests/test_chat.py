@@ -1,4 +1,4 @@
-"""Saving/loading the assistant, streaming decoding and the ``llm-companion chat`` command (serving.chat)."""
+"""Saving/loading the assistant (finetune.assistant), streaming decoding (serving.chat) and ``llm-companion chat``."""
 import json
 import os
 import subprocess
@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from llm_companion.data.tokenizer import gpt2_tokenizer
+from llm_companion.finetune.assistant import AssistantNotFound, load_assistant, save_assistant
 from llm_companion.finetune.instruct import PROMPT_STYLES
 from llm_companion.models.config import GPTConfig
 from llm_companion.models.gpt import GPTModel
-from llm_companion.serving.chat import AssistantNotFound, decode_stream, load_assistant, save_assistant, stream_reply
+from llm_companion.serving.chat import decode_stream, stream_reply
 
 
 @pytest.fixture(scope="module")

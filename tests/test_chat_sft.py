@@ -34,8 +34,9 @@ def tiny_llama(cfg: LlamaConfig = CFG, seed: int = 0) -> LlamaModel:
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     """A byte-level BPE with ChatML control tokens and a chat template with a default system prompt."""
-    from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
-    from llm_companion.models.llama import save_llama_gguf
+    from gguf_writers import save_llama_gguf, train_byte_bpe_metadata
+
+    from llm_companion.data.tokenizer import gguf_tokenizer
 
     meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. Name Repeat What " * 4, 30)
     meta["tokenizer.chat_template"] = "<|im_start|>system\nBe brief.<|im_end|>\n"

@@ -22,13 +22,12 @@ from llm_companion.finetune.classification import (
     count_parameters,
     encode_texts,
     load_classifier,
-    plot_classification_history,
-    plot_confusion_matrix,
     predict_loader,
     save_classifier,
     set_trainable,
     train_classifier,
 )
+from llm_companion.plots import plot_classification_history, plot_confusion_matrix
 
 NANO = GPTConfig.preset("gpt-nano")                                  # GPT-2 vocabulary, context 64
 TOY = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2)

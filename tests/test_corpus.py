@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llm_companion.data import corpus as corpus_mod
-from llm_companion.data.artifacts import ArtifactUnavailable, fetch, mirror_dirs
+from llm_companion.data.artifacts import fetch
 from llm_companion.data.corpus import (
     BOOKS_SHA256,
     VERDICT_PROBES,
@@ -20,6 +20,7 @@ from llm_companion.data.corpus import (
     split_tokens,
     strip_gutenberg,
 )
+from llm_companion.data.download import ArtifactUnavailable, mirror_dirs
 from llm_companion.data.tokenizer import gpt2_tokenizer
 
 START = "*** START OF THE PROJECT GUTENBERG EBOOK {t} ***"

@@ -7,11 +7,13 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from gguf_writers import train_byte_bpe_metadata, write_gguf
 
 from llm_companion.data import artifacts
-from llm_companion.data.artifacts import Artifact, ArtifactUnavailable, fetch, get_artifact
-from llm_companion.data.gguf_file import GGUFError, bits_per_weight, block_format, quantize, read_gguf, write_gguf
-from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
+from llm_companion.data.artifacts import fetch, get_artifact
+from llm_companion.data.download import Artifact, ArtifactUnavailable
+from llm_companion.data.gguf_file import GGUFError, bits_per_weight, block_format, quantize, read_gguf
+from llm_companion.data.tokenizer import gguf_tokenizer
 from llm_companion.inference.smollm2 import SMOLLM2, chat_prompt, default_system_prompt, encode_chat
 
 SMOL_TEMPLATE = (  # SmolLM2-135M-Instruct's tokenizer.chat_template, as its GGUF stores it

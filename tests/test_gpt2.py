@@ -10,7 +10,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_companion.data import artifacts
-from llm_companion.data.artifacts import IntegrityError
+from llm_companion.data.download import IntegrityError
 from llm_companion.models.checkpoint import CheckpointError, CheckpointMismatch
 from llm_companion.models.config import GPTConfig
 from llm_companion.models.gpt import GPTModel

@@ -1,6 +1,6 @@
 """The package's layers: imports run one way, and no module imports itself back through others.
 
-Layers, lowest first: utilities (atomic, precision, progress, profiles) → data → models → inference → training →
+Layers, lowest first: utilities (atomic, plots, precision, progress, profiles) → data → models → inference → training →
 finetune → evaluation, serving → cli. A module may import its own layer and the layers below it, never one
 above; and the import graph has no cycle. A function-level import of the package's own modules is allowed
 only for a module that needs an optional extra (``OPTIONAL``), so that the rest works without it.
@@ -17,7 +17,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "llm_companion"
 LAYERS = ["", "data", "models", "inference", "training", "finetune", "evaluation", "serving", "cli"]
-UTILITIES = {"atomic", "precision", "progress", "profiles"}
+UTILITIES = {"atomic", "plots", "precision", "progress", "profiles"}
 OPTIONAL = {"llm_companion.serving.app": "fastapi (the `serve` extra)"}
 
 
@@ -63,6 +63,8 @@ GRAPH = {name: imports(path, name, top_level_only=False) for name, path in modul
 def test_imports_run_down_the_layers(name):
     if layer(name) not in LAYERS:
         pytest.fail(f"{name} is in no layer; add its subpackage to LAYERS")
+    if layer(name) == "" and name.split(".")[1] not in UTILITIES:
+        pytest.fail(f"{name} is a top-level module but not a utility; add it to UTILITIES or move it into a layer")
     mine = LAYERS.index(layer(name))
     up = sorted(t for t in GRAPH[name] if t != "llm_companion" and LAYERS.index(layer(t)) > mine
                 and not t.startswith(name + "."))

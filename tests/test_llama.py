@@ -13,10 +13,12 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 import torch
 import torch.nn.functional as F
+from gguf_writers import save_llama_gguf, train_byte_bpe_metadata
 
 from llm_companion import cli
-from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
+from llm_companion.data.tokenizer import gguf_tokenizer
 from llm_companion.inference.generation import generate
+from llm_companion.models.gguf_checkpoint import load_llama_gguf
 from llm_companion.models.kv_cache import KVCache
 from llm_companion.models.llama import (
     GroupedQueryAttention,
@@ -26,10 +28,8 @@ from llm_companion.models.llama import (
     RMSNorm,
     SwiGLU,
     apply_rope,
-    load_llama_gguf,
     permute_qk,
     rope_tables,
-    save_llama_gguf,
     unpermute_qk,
     weight_bytes_per_token,
 )

@@ -277,7 +277,7 @@ def test_row_split_choice_is_measured_once_per_shape_and_can_be_forced(monkeypat
 
 
 def test_plot_attention_draws_one_panel_per_matrix():
-    from llm_companion.models.attention import plot_attention
+    from llm_companion.plots import plot_attention
 
     w = torch.softmax(torch.randn(3, 5, 5).masked_fill(~causal_mask(5, 5), float("-inf")), dim=-1)
     fig = plot_attention(w, list("abcde"), titles=["h0", "h1", "h2"])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_companion import LlamaConfig, LlamaModel, apply_lora
-from llm_companion.finetune.adapters import load_adapter, save_adapter
+from llm_companion.finetune.adapters import load_adapter, prepare_for_inference, save_adapter
 from llm_companion.finetune.dpo import (
     PairExample,
     PreferenceDataError,
@@ -26,7 +26,8 @@ from llm_companion.finetune.dpo import (
     train_dpo,
     validate_preferences,
 )
-from llm_companion.finetune.lora import LoRAError, lora_layers
+from llm_companion.finetune.lora import LoRAError, has_lora, lora_layers, merge_lora
+from llm_companion.inference.quantize import quantize_model
 
 CFG = LlamaConfig(vocab_size=97, context_length=64, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2,
                   hidden_dim=48)
@@ -274,11 +275,25 @@ def test_adapter_for_another_shape_is_a_one_line_error(tmp_path):
         load_adapter(tiny_llama(), tmp_path)
 
 
+def test_prepare_for_inference_loads_the_adapter_and_merges_it_only_to_quantize(tmp_path):
+    model = apply_lora(tiny_llama(), rank=4, alpha=8, targets=["q", "v"])
+    randomize_adapters(model)
+    save_adapter(model, tmp_path / "ad", {"base_model": "tiny"})
+    assert has_lora(prepare_for_inference(tiny_llama(), adapter=tmp_path / "ad"))     # fp32: left unmerged
+    want = quantize_model(merge_lora(load_adapter(tiny_llama(), tmp_path / "ad")), "int8")
+    q8 = prepare_for_inference(tiny_llama(), adapter=tmp_path / "ad", weights="int8")
+    assert not has_lora(q8) and q8.quantized == "int8"
+    ids = torch.randint(0, 97, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(q8(ids), want(ids))
+
+
 @pytest.fixture(scope="module")
 def chatml_tokenizer(tmp_path_factory):
     """A byte-level BPE with ChatML control tokens, read back from a tiny GGUF (as SmolLM2's is)."""
-    from llm_companion.data.tokenizer import gguf_tokenizer, train_byte_bpe_metadata
-    from llm_companion.models.llama import save_llama_gguf
+    from gguf_writers import save_llama_gguf, train_byte_bpe_metadata
+
+    from llm_companion.data.tokenizer import gguf_tokenizer
 
     meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. " * 4, 30)
     path = tmp_path_factory.mktemp("chatml") / "tiny.gguf"
@@ -291,8 +306,7 @@ def chatml_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_gguf(chatml_tokenizer, tmp_path_factory):
     """A tiny Llama GGUF with the ChatML tokenizer: what `--model` of the CLI can load."""
-    from llm_companion.data.tokenizer import train_byte_bpe_metadata
-    from llm_companion.models.llama import save_llama_gguf
+    from gguf_writers import save_llama_gguf, train_byte_bpe_metadata
 
     meta = train_byte_bpe_metadata("The quick brown fox jumps over the lazy dog. " * 4, 30)
     path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
@@ -376,7 +390,7 @@ def test_cli_adapter_for_another_model_is_one_line(tiny_gguf, tmp_path, capsys):
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
-    from llm_companion.finetune.dpo import bootstrap_ci
+    from llm_companion.evaluation.stats import bootstrap_ci
 
     g = torch.Generator().manual_seed(0)
     small, large = torch.randn(20, generator=g) + 1.0, torch.randn(2000, generator=g) + 1.0

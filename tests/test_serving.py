@@ -352,7 +352,8 @@ def test_cli_warns_on_public_host_and_runs_uvicorn(monkeypatch, capsys, engine):
     assert calls["load"][0] == ("smollm2",)
     assert main(["serve", "--port", "8124"]) == 0
     assert "WARNING" not in capsys.readouterr().err
-    assert cli.WEIGHTS == ("fp32", "int8", "q4")
+    calls.clear()
+    assert main(["serve", "--port", "8125", "--weights", "q4"]) == 0 and calls["load"][1]["weights"] == "q4"
     with socket.socket() as busy:  # a port in use is one line, before any model is loaded
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -365,8 +366,8 @@ def test_cli_loads_a_saved_assistant_with_options(tmp_path, monkeypatch, capsys,
     import copy
 
     from llm_companion.cli import main
+    from llm_companion.finetune.assistant import save_assistant
     from llm_companion.serving import load_engine
-    from llm_companion.serving.chat import save_assistant
 
     save_assistant(tiny[0], tmp_path / "my-assistant")
     eng = load_engine(str(tmp_path / "my-assistant"))
@@ -491,8 +492,8 @@ def test_adapter_changes_the_served_model_and_a_misfit_is_one_line(tmp_path, cap
     from llm_companion import apply_lora
     from llm_companion.cli import main
     from llm_companion.finetune.adapters import save_adapter
+    from llm_companion.finetune.assistant import save_assistant
     from llm_companion.serving import load_engine
-    from llm_companion.serving.chat import save_assistant
 
     save_assistant(tiny[0], tmp_path / "base")
     tuned = apply_lora(copy.deepcopy(tiny[0]), rank=4, alpha=8)

@@ -274,3 +274,28 @@ def test_resume_with_a_different_model_names_the_mismatched_tensor(tmp_path):
     with pytest.raises(CheckpointMismatch, match=r"'tok_emb.weight' has shape \(61, 64\) in the checkpoint but "
                                                  r"\(61, 32\)"):
         train(wider, train_loader, val_loader, cfg, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_run_resumed_from_any_checkpoint_ends_like_an_uninterrupted_one(tmp_path):
+    import shutil
+
+    # 18 batches per epoch, 4 per step: step 5 takes batches from two epochs, step 9 ends one exactly; its
+    # checkpoint comes before the loader runs out, which draws from the loader's generator (a new permutation)
+    cfg = TrainConfig(epochs=3, lr=3e-3, grad_accum_steps=4, eval_batches=2, checkpoint_every=1,
+                      keep_checkpoints=20, verbose=False)
+
+    def run(ckpt, resume=False):
+        train_loader, val_loader = _data()
+        model = _model(drop_rate=0.2)
+        h = train(model, train_loader, val_loader, cfg, checkpoint_dir=ckpt, resume=resume,
+                  sample_fn=lambda m: str(torch.rand(1).item()))
+        return model.state_dict(), h
+
+    ref, h_ref = run(tmp_path / "ref")
+    saved = {p.name: p for p in list_checkpoints(tmp_path / "ref")}
+    assert len(h_ref.step_loss) == 13
+    for name in ("step-00000004", "step-00000005", "step-00000009"):
+        shutil.copytree(saved[name], tmp_path / name / name)
+        weights, h = run(tmp_path / name, resume=True)
+        assert all(torch.equal(ref[k], weights[k]) for k in ref), name
+        assert (h.step_loss, h.train_loss, h.samples) == (h_ref.step_loss, h_ref.train_loss, h_ref.samples), name

@@ -20,14 +20,14 @@ from llm_companion.data.artifacts import PublishedStandin
 from llm_companion.models.checkpoint import save_model, seal
 from llm_companion.models.gpt import GPTModel
 from llm_companion.models.openai_checkpoint import config_from_hparams, export_tf_checkpoint
-from llm_companion.training import pretrained as weights
-from llm_companion.training.pretrained import WeightsDirError, WeightsUnavailable, load_pretrained
+from llm_companion.training import starting_weights as weights
+from llm_companion.training.starting_weights import WeightsDirError, WeightsUnavailable, load_pretrained
 
 HPARAMS = {"n_vocab": 96, "n_ctx": 32, "n_embd": 128, "n_head": 2, "n_layer": 2}  # 64-dim heads, as GPT-2
 CFG = config_from_hparams(HPARAMS)
 WEIGHT_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
 REAL_PINS = artifacts.PUBLISHED_STANDINS  # before any test patches it
-REAL_MIRROR_ENV = os.environ.get(artifacts.MIRROR_ENV, "")  # as `make test` and CI set it, before the sandbox
+REAL_MIRROR_ENV = os.environ.get(download.MIRROR_ENV, "")  # as `make test` and CI set it, before the sandbox
 
 
 def tiny(seed: int) -> GPTModel:
@@ -320,7 +320,7 @@ def test_hashes_of_own_files_are_cached_until_a_file_changes(sandbox, as_124m, m
     folder = export_tf_checkpoint(tiny(11), sandbox["tmp"] / "gpt2" / "124M")
     publish_hashes(monkeypatch, folder, {f"gpt2-124M/{f}": f for f in WEIGHT_FILES})
     hashed = []
-    real = artifacts.sha256_of
+    real = download.sha256_of
     monkeypatch.setattr(download, "sha256_of", lambda p: hashed.append(Path(p).name) or real(p))
     assert load_pretrained(weights_dir=sandbox["tmp"] / "gpt2")[1].verified
     assert sorted(hashed) == sorted(WEIGHT_FILES)
@@ -374,7 +374,7 @@ def test_unhashed_mirror_files_are_taken_only_from_their_own_place(sandbox):
     elsewhere = sandbox["mirror"] / "models" / "other"
     elsewhere.mkdir(parents=True)
     (elsewhere / "model.ckpt.index").write_bytes((src / "model.ckpt.index").read_bytes())
-    with pytest.raises(artifacts.ArtifactUnavailable):
+    with pytest.raises(download.ArtifactUnavailable):
         artifacts.fetch("gpt2-774M/model.ckpt.index")
     (sandbox["mirror"] / "gpt2" / "774M").mkdir(parents=True)
     (sandbox["mirror"] / "gpt2" / "774M" / "model.ckpt.index").write_bytes((src / "model.ckpt.index").read_bytes())
@@ -383,7 +383,7 @@ def test_unhashed_mirror_files_are_taken_only_from_their_own_place(sandbox):
 
 def test_wrong_hparams_are_rejected_by_the_registry_check(sandbox):
     export_tf_checkpoint(tiny(4), sandbox["mirror"] / "gpt2" / "1558M")  # no published size: the content decides
-    with pytest.raises(artifacts.ArtifactUnavailable, match="'n_embd': 128.*expected.*'n_embd': 1600"):
+    with pytest.raises(download.ArtifactUnavailable, match="'n_embd': 128.*expected.*'n_embd': 1600"):
         artifacts.fetch("gpt2-1558M/hparams.json")
 
 

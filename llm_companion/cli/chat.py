@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_companion.cli.errors import UserError
-from llm_companion.finetune.adapters import load_adapter, quantize_for_inference
+from llm_companion.finetune.adapters import prepare_for_inference
+from llm_companion.finetune.assistant import load_assistant, tokenizer_for
 from llm_companion.inference.quantize import add_weights_argument
 from llm_companion.inference.smollm2 import SMOLLM2_NAMES, encode_chat, load_smollm2, stream_chat
 from llm_companion.profiles import default_device
-from llm_companion.serving.chat import load_assistant, stream_reply, tokenizer_for
+from llm_companion.serving.chat import stream_reply
 
 Conversation = list[dict[str, str]]   # [{"role": "user" | "assistant", "content": ...}, ...]
 
@@ -51,15 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_weights_argument(p)
 
 
-def prepare(model, args: argparse.Namespace):
-    """The model as the flags ask: with its ``--adapter`` loaded, then its weights ``--weights`` quantized."""
-    if getattr(args, "adapter", None) is not None:
-        load_adapter(model, args.adapter)
-    if getattr(args, "weights", "fp32") != "fp32":
-        quantize_for_inference(model, args.weights)
-    return model
-
-
 def main(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
@@ -75,7 +67,7 @@ def _sampling(args: argparse.Namespace) -> dict:
 def assistant_chat_model(args: argparse.Namespace) -> ChatModel:
     """Chapter 7's saved assistant: its prompt style (e.g. Alpaca) around the latest message only."""
     model, meta = load_assistant(args.model, device=args.device or default_device())
-    prepare(model, args)
+    prepare_for_inference(model, adapter=args.adapter, weights=args.weights)
     tokenizer = tokenizer_for(meta)
     style = meta.get("prompt_style", "alpaca")
     where = args.model if args.model is not None else "models/assistant"
@@ -90,7 +82,7 @@ def smollm2_chat_model(args: argparse.Namespace) -> ChatModel:
     """SmolLM2-135M-Instruct: the ChatML template around the whole conversation, as long as it fits the context."""
     with contextlib.redirect_stdout(sys.stderr):  # progress lines must not mix with the answer
         model, tokenizer, info = load_smollm2(device=args.device or default_device())
-    prepare(model, args)
+    prepare_for_inference(model, adapter=args.adapter, weights=args.weights)
     budget = model.cfg.context_length - args.max_new_tokens
     return ChatModel(
         reply=lambda conversation: stream_chat(model, tokenizer, conversation, **_sampling(args)),

@@ -11,10 +11,11 @@ from llm_companion.data.tokenizer import gpt2_tokenizer
 from llm_companion.evaluation.harness import evaluate
 from llm_companion.evaluation.report import markdown_table, write_json
 from llm_companion.evaluation.tasks import TASKS, UnknownTaskError, check_tasks
-from llm_companion.inference.quantize import quantize_model
+from llm_companion.finetune.adapters import prepare_for_inference
+from llm_companion.finetune.assistant import load_assistant, tokenizer_for
+from llm_companion.inference.quantize import add_weights_argument, quantizes
 from llm_companion.inference.smollm2 import SMOLLM2_NAMES
-from llm_companion.serving.chat import load_assistant, tokenizer_for
-from llm_companion.training.pretrained import WeightsUnavailable, load_pretrained
+from llm_companion.training.starting_weights import WeightsUnavailable, load_pretrained
 
 MODEL_NAMES = ("smollm2", "standin", "gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "assistant")
 
@@ -29,8 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score N items per task, chosen by a fixed seeded rule (default: every item)")
     p.add_argument("--seed", type=int, default=0, help="seed of the item choice (default 0)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="write the report card as JSON here")
-    p.add_argument("--weights", choices=("fp32", "int8", "q4"), default="fp32",
-                   help="quantize the model's linear layers first (llm_companion.inference.quantize)")
+    add_weights_argument(p)
     p.add_argument("--no-cache", action="store_true",
                    help="do not read or write the score cache (data/eval-cache/, or $LLM_COMPANION_EVAL_CACHE)")
 
@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be a positive number of items, got {args.limit}")
     model, tokenizer, name = load_for_eval(args.model)
-    if args.weights != "fp32":
-        model = quantize_model(model, args.weights)
+    model = prepare_for_inference(model, weights=args.weights)
+    if quantizes(args.weights):
         name = f"{name} [{args.weights}]"
     result = evaluate(model, tokenizer, tasks, limit=args.limit, seed=args.seed, name=name,
                       cache_dir=False if args.no_cache else None)

@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llm_companion.cli.chat import prepare
 from llm_companion.cli.errors import UserError
 from llm_companion.data.gguf_file import read_gguf
 from llm_companion.data.tokenizer import gguf_tokenizer, gpt2_tokenizer, token_bytes
+from llm_companion.finetune.adapters import prepare_for_inference
 from llm_companion.inference.generation import generate_stream
-from llm_companion.inference.quantize import add_weights_argument
+from llm_companion.inference.quantize import add_weights_argument, quantizes
 from llm_companion.inference.smollm2 import SMOLLM2_NAMES, load_smollm2
 from llm_companion.models.checkpoint import load_model
-from llm_companion.models.llama import load_llama_gguf
+from llm_companion.models.gguf_checkpoint import load_llama_gguf
 from llm_companion.models.openai_checkpoint import TensorFlowMissing, from_safetensors, from_tf_checkpoint
-from llm_companion.training.pretrained import folder_format
+from llm_companion.training.starting_weights import folder_format
 
 
 class ModelNotFound(FileNotFoundError):
@@ -92,10 +92,10 @@ def main(args: argparse.Namespace, out=None) -> int:
         raise UserError("the prompt is empty; pass the text to continue")
     with contextlib.redirect_stdout(sys.stderr):  # progress lines must not mix with the generated text
         model, tokenizer, description = load_any(args.model, device=args.device)
-    prepare(model, args)
-    if getattr(args, "adapter", None) is not None:
+    prepare_for_inference(model, adapter=args.adapter, weights=args.weights)
+    if args.adapter is not None:
         description += f" + adapter {args.adapter}"
-    if getattr(args, "weights", "fp32") != "fp32":
+    if quantizes(args.weights):
         description += f", {args.weights} weights"
     if args.show_model:
         print(f"model: {description}", file=sys.stderr, flush=True)

@@ -1,9 +1,10 @@
 """The ``llm-companion`` command line: one parser, one dispatcher, one rule for errors.
 
-Each subcommand's flags (``add_arguments(parser)``) and entry point (``main(args) -> int``) live in a
-``cli_<name>`` module, so the library modules hold no argparse code. A mistake the user can fix
-(:class:`UserError`, a missing artifact, a bad value, a missing file) prints one line and exits with status 2,
-without a traceback.
+Each subcommand's flags (``add_arguments(parser)``) and entry point (``main(args) -> int``) live in its own
+module of this package, ``llm_companion/cli/<name>.py`` (``chat``, ``classify``, ``eval``, ``fetch``,
+``finetune``, ``generate``, ``pretrain``, ``serve``), listed in :data:`COMMANDS`; the library modules below
+hold no argparse code. A mistake the user can fix (:class:`~llm_companion.cli.errors.UserError`, a missing
+artifact, a bad value, a missing file) prints one line and exits with status 2, without a traceback.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from llm_companion.cli import chat as cli_chat
 from llm_companion.cli import classify as cli_classify
 from llm_companion.cli import eval as cli_eval
 from llm_companion.cli import fetch as cli_fetch
-from llm_companion.cli import finetune as finetune_cli
+from llm_companion.cli import finetune as cli_finetune
 from llm_companion.cli import generate as cli_generate
 from llm_companion.cli import pretrain as cli_pretrain
 from llm_companion.cli import serve as cli_serve
 from llm_companion.cli.errors import UserError
-from llm_companion.data.artifacts import ArtifactError
+from llm_companion.data.download import ArtifactError
 
 __all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 
@@ -31,7 +32,7 @@ COMMANDS: list[tuple[str, ModuleType, str]] = [
     ("classify", cli_classify, "classify a message with the saved spam classifier (chapter 6)"),
     ("chat", cli_chat, "chat with the instruction-tuned assistant (chapter 7)"),
     ("generate", cli_generate, "continue a prompt with SmolLM2, a GGUF or a saved GPT (chapter 8)"),
-    ("finetune", finetune_cli, "LoRA instruction tuning (sft) or DPO, writing an adapter (chapter 10)"),
+    ("finetune", cli_finetune, "LoRA instruction tuning (sft) or DPO, writing an adapter (chapter 10)"),
     ("eval", cli_eval, "score a model on BLiMP, LAMBADA, HellaSwag, ARC, PIQA, ... (chapter 9)"),
     ("serve", cli_serve, "serve a model: OpenAI-compatible API and a chat page (appendix D)"),
 ]

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from llm_companion.data.artifacts import models_dir
+from llm_companion.data.download import models_dir
 from llm_companion.models.checkpoint import save_model
 from llm_companion.models.config import GPTConfig
 from llm_companion.training import distributed

@@ -5,10 +5,9 @@ import argparse
 import sys
 
 from llm_companion.cli.errors import UserError
+from llm_companion.inference.quantize import add_weights_argument
 from llm_companion.profiles import default_device
 from llm_companion.serving.engine import load_engine
-
-WEIGHTS = ("fp32", "int8", "q4")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="smollm2 (SmolLM2-135M-Instruct, chapter 8; default), assistant (models/assistant, "
                         "chapter 7) or a directory written by save_assistant")
     p.add_argument("--adapter", default=None, metavar="DIR", help="apply a saved LoRA adapter (save_adapter)")
-    p.add_argument("--weights", choices=WEIGHTS, default="fp32", help="weight format (default fp32)")
+    add_weights_argument(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -1,9 +1,10 @@
 """The book's files, each declared once with its canonical URLs and sha256: data sets, evaluation sets, GPT-2's
 tokenizer files and checkpoints, SmolLM2's GGUF, and the published stand-ins.
 
-The machinery that fetches and verifies them lives in :mod:`llm_companion.data.download`; its public names are
-importable from here too (``from llm_companion.data.artifacts import fetch``), since every caller starts
-from an artifact's name.
+The machinery that fetches and verifies them lives in :mod:`llm_companion.data.download` (the folders, hashing,
+mirrors, the exceptions). The calls that look an artifact up by name, ``fetch``, ``fetch_all`` and
+``get_artifact``, are importable from here too (``from llm_companion.data.artifacts import fetch``): importing
+this module is what fills the registry they read.
 """
 from __future__ import annotations
 
@@ -12,27 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_companion.data.download import (  # noqa: F401  (re-exported: the public API of the data layer)
-    HOME_ENV,
-    MIRROR_ENV,
+from llm_companion.data.download import (  # fetch, fetch_all, get_artifact: re-exported (see above)
     REGISTRY,
     Artifact,
-    ArtifactError,
-    ArtifactUnavailable,
     IntegrityError,
-    UnknownArtifact,
-    data_dir,
-    download,
-    fetch,
-    fetch_all,
-    get_artifact,
-    mirror_dirs,
-    models_dir,
-    project_home,
+    fetch,  # noqa: F401
+    fetch_all,  # noqa: F401
+    get_artifact,  # noqa: F401
     register,
-    remembered_sha256,
-    sha256_of,
-    verify,
 )
 
 _RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from llm_companion.atomic import atomic_file
-from llm_companion.data.artifacts import data_dir, fetch
+from llm_companion.data.artifacts import fetch
+from llm_companion.data.download import data_dir
 from llm_companion.data.tokenizer import gpt2_tokenizer
 from llm_companion.progress import progress
 

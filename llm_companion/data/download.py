@@ -149,8 +149,9 @@ def remembered_sha256(path: Path, stamp: Path | None, *, trust_stamp: bool = Tru
     The stamp counts only while the file's size and mtime are those it records; ``trust_stamp=False`` (a
     fresh copy) hashes anyway. A digest is remembered only when it is ``expected`` (if given), and an
     unwritable stamp location only costs the hashing next time; ``stamp=None`` hashes and remembers nothing.
-    The registry keeps stamps beside its files in ``data/`` and ``models/``; :mod:`llm_companion.training.pretrained`
-    keeps those of a reader's (maybe read-only) folder under ``models/``. Nothing is written into a mirror.
+    The registry keeps stamps beside its files in ``data/`` and ``models/``;
+    :mod:`llm_companion.training.starting_weights` keeps those of a reader's (maybe read-only) folder under
+    ``models/``. Nothing is written into a mirror.
     """
     if stamp is None:
         return sha256_of(path)

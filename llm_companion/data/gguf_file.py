@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_companion.atomic import atomic_file
-
 GGUF_MAGIC = b"GGUF"
 
 
@@ -159,42 +157,3 @@ def quantize(values: np.ndarray | torch.Tensor, type_name: str) -> np.ndarray:
         raise GGUFError(f"{type_name} stores rows in blocks of {block} values; a row of {values.shape[-1]} "
                         f"does not fit (use F32 or F16 for this tensor)")
     return _quantize(np.ascontiguousarray(values, dtype=np.float32), GGMLQuantizationType[type_name])
-
-
-def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, Any],
-               tensors: dict[str, tuple[np.ndarray | torch.Tensor, str]]) -> Path:
-    """Write a GGUF file atomically: ``metadata`` (plain values; ints are uint32, floats float32) and
-    ``tensors`` as ``name -> (float values in PyTorch shape, storage type name)``."""
-    from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
-
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        writer = GGUFWriter(str(tmp), arch)
-        for key, value in metadata.items():
-            if key == "general.architecture":
-                continue  # the writer adds it
-            if isinstance(value, bool):
-                writer.add_bool(key, value)
-            elif isinstance(value, int):
-                writer.add_uint32(key, value) if value >= 0 else writer.add_int32(key, value)
-            elif isinstance(value, float):
-                writer.add_float32(key, value)
-            elif isinstance(value, str):
-                writer.add_string(key, value)
-            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], int):
-                writer.add_key_value(key, list(value), GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
-            else:
-                writer.add_array(key, list(value))
-        for name, (values, type_name) in tensors.items():
-            qtype = GGMLQuantizationType[type_name]
-            if type_name in ("F32", "F16"):
-                arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-                writer.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32 if type_name == "F32"
-                                                             else np.float16))
-            else:
-                writer.add_tensor(name, quantize(values, type_name), raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-    return path

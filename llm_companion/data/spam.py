@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from llm_companion.atomic import atomic_file
-from llm_companion.data.artifacts import data_dir, fetch
+from llm_companion.data.artifacts import fetch
+from llm_companion.data.download import data_dir
 
 LABELS: tuple[str, ...] = ("ham", "spam")     # class index = position in this tuple
 SPLITS: tuple[str, ...] = ("train", "validation", "test")

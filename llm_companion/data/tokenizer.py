@@ -9,7 +9,6 @@ back into text that is safe to print while it streams (one character may span tw
 from __future__ import annotations
 
 import codecs
-import collections
 import functools
 import os
 import re
@@ -17,7 +16,6 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Literal
 
-import regex
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str  # the gpt2 split pattern, as tiktoken defines it
@@ -357,46 +355,3 @@ def gguf_tokenizer(source) -> GGUFTokenizer:
                          eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
                          chat_template=meta.get("tokenizer.chat_template"),
                          uncoverable=_chars_without_tokens(missing))
-
-
-def train_byte_bpe_metadata(text: str, n_merges: int, *, control_tokens: Sequence[str] = (
-        "<|endoftext|>", "<|im_start|>", "<|im_end|>"), pattern: str = SMOLLM_PAT_STR) -> dict[str, object]:
-    """A small byte-level BPE learned from ``text``, as GGUF ``tokenizer.ggml.*`` metadata (for tests and toys).
-
-    Ids: the control tokens, the 256 bytes, then one token per merge in the order learned (so rank = id, as in
-    SmolLM2's file). Each step merges the most frequent adjacent pair (ties: the first in sorted order).
-    """
-    byte_char = {b: c for c, b in _gpt2_byte_decoder().items()}
-    words = collections.Counter(tuple(byte_char[b] for b in w.encode("utf-8")) for w in regex.findall(pattern, text))
-    merges: list[str] = []
-    known = set(byte_char.values())
-    for _ in range(n_merges):
-        pairs: collections.Counter = collections.Counter()
-        for word, n in words.items():
-            for pair in zip(word, word[1:], strict=False):
-                if pair[0] + pair[1] not in known:  # a token is made once (rank = id stays one-to-one)
-                    pairs[pair] += n
-        if not pairs:
-            break
-        best = max(sorted(pairs), key=lambda p: pairs[p])
-        merges.append(f"{best[0]} {best[1]}")
-        known.add(best[0] + best[1])
-        merged = collections.Counter()
-        for word, n in words.items():
-            out, i = [], 0
-            while i < len(word):
-                if word[i:i + 2] == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            merged[tuple(out)] += n
-        words = merged
-    tokens = [*control_tokens, *(byte_char[b] for b in range(256)), *(m.replace(" ", "") for m in merges)]
-    types = [GGUF_CONTROL] * len(control_tokens) + [1] * (len(tokens) - len(control_tokens))
-    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges,
-            "tokenizer.ggml.bos_token_id": 1 if len(control_tokens) > 1 else 0,
-            "tokenizer.ggml.eos_token_id": 2 if len(control_tokens) > 2 else 0,
-            "tokenizer.ggml.add_bos_token": False}

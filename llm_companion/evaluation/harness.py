@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llm_companion.data.artifacts import data_dir, fetch
+from llm_companion.data.artifacts import fetch
+from llm_companion.data.download import data_dir
 from llm_companion.evaluation.bpb import bits_per_byte
 from llm_companion.evaluation.scoring import score_choices, split_request
 from llm_companion.evaluation.stats import wilson_interval

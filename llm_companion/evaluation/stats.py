@@ -1,7 +1,10 @@
-"""How sure a measured accuracy is: Wilson intervals, and a paired test for two models on the same items."""
+"""How sure a measured number is: Wilson intervals, a paired test for two models on the same items, and a
+bootstrap interval of a mean (chapter 10's per-example differences)."""
 from __future__ import annotations
 
 import math
+
+import torch
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -69,3 +72,14 @@ def paired_test(a: dict, b: dict, task: str | None = None) -> dict:
     return {"n": n, "acc_a": sum(right_a[k] for k in common) / n, "acc_b": sum(right_b[k] for k in common) / n,
             "diff": diff, "ci95": [diff - half, diff + half], "a_only": a_only, "b_only": b_only,
             "p_value": mcnemar_exact(a_only, b_only)}
+
+
+def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (e.g. per-example paired differences)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    g = torch.Generator().manual_seed(seed)
+    means = v[torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)

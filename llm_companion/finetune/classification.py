@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from llm_companion.data.artifacts import models_dir, project_home
+from llm_companion.data.download import models_dir, project_home
 from llm_companion.data.tokenizer import encode_text, gpt2_tokenizer
 from llm_companion.models.checkpoint import check_compatible, save_model, verify_dir
 from llm_companion.models.config import GPTConfig
@@ -277,30 +277,6 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def plot_confusion_matrix(cm: torch.Tensor, labels: Sequence[str], *, title: str = "Confusion matrix (test set)"):
-    """Heat map of a confusion matrix with the counts written in each cell. Returns a Figure."""
-    import matplotlib.pyplot as plt  # imported only to plot: it takes seconds to load
-
-    cm = torch.as_tensor(cm)
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    im = ax.imshow(cm.numpy(), cmap="Blues", vmin=0)
-    peak = float(cm.max()) if cm.numel() else 0.0
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            value = int(cm[i, j])
-            ax.text(j, i, str(value), ha="center", va="center",
-                    color="white" if value > peak / 2 else "black")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
 def train_classifier(model: nn.Module, train_loader, val_loader, cfg, *, accuracy_batches: int | None = None,
                      **kwargs):
     """Fine-tune with the book's one loop (:func:`llm_companion.training.loop.train`).
@@ -316,30 +292,6 @@ def train_classifier(model: nn.Module, train_loader, val_loader, cfg, *, accurac
                 "val_accuracy": calc_accuracy_loader(val_loader, m, n)}
 
     return train(model, train_loader, val_loader, cfg, loss_fn=classification_loss, eval_fn=eval_fn, **kwargs)
-
-
-def plot_classification_history(history, *, title: str = "Fine-tuning the spam classifier"):
-    """Loss (left) and accuracy (right) against epochs, with examples seen on a twin x-axis. Returns a Figure."""
-    import matplotlib.pyplot as plt  # imported only to plot: it takes seconds to load
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    panels = [("loss (cross-entropy)", history.train_loss, history.val_loss),
-              ("accuracy", history.metrics.get("train_accuracy", []), history.metrics.get("val_accuracy", []))]
-    for ax, (name, train_values, val_values) in zip(axes, panels):
-        ax.plot(history.epochs, train_values, marker="o", markersize=3, label=f"training {name.split()[0]}")
-        ax.plot(history.epochs, val_values, marker="o", markersize=3, linestyle="-.",
-                label=f"validation {name.split()[0]}")
-        ax.set_xlabel("epochs")
-        ax.set_ylabel(name)
-        ax.legend(frameon=False)
-        top = ax.twiny()  # the same curve against examples seen: an invisible plot sets the top axis
-        top.plot(history.examples_seen, train_values, alpha=0)
-        top.set_xlabel("examples seen")
-    axes[1].set_ylim(0, 1.02)
-    fig.suptitle(title)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
 
 
 # --------------------------------------------------------------------------------------------- save / load

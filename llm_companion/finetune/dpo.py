@@ -34,7 +34,7 @@ from torch import nn
 from llm_companion.data.artifacts import fetch
 from llm_companion.finetune.chat_sft import answer_ids, end_id, prompt_ids
 from llm_companion.finetune.instruct import Split, split_records
-from llm_companion.finetune.lora import _set_submodule, lora_layers
+from llm_companion.finetune.lora import _set_submodule, has_lora, lora_layers
 from llm_companion.progress import progress
 from llm_companion.training.loop import TrainConfig, train
 
@@ -258,7 +258,7 @@ def train_dpo(model: nn.Module, pairs: Sequence[PairExample], *, beta: float = 0
     beta = check_beta(beta)
     if not pairs:
         raise PreferenceDataError("no preference pairs to train on; use more data or a larger --limit")
-    if not lora_layers(model):
+    if not has_lora(model):
         raise ValueError("train_dpo trains LoRA adapters; call apply_lora(model, ...) first")
     if reference is None:
         reference = reference_logprobs(model, pairs, pad_id=pad_id)
@@ -317,14 +317,3 @@ def implicit_rewards(model: nn.Module, tokenizer, records: Sequence[dict], answe
         out.append((beta * (pol - ref)).cpu())
     model.train(was_training)
     return torch.cat(out)
-
-
-def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (e.g. per-example paired differences)."""
-    v = torch.as_tensor(values, dtype=torch.float64).flatten()
-    if v.numel() == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    g = torch.Generator().manual_seed(seed)
-    means = v[torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)].mean(1)
-    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return float(lo), float(hi)

@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llm_companion.atomic import write_json
-from llm_companion.data.artifacts import data_dir, fetch
+from llm_companion.data.artifacts import fetch
+from llm_companion.data.download import data_dir
 from llm_companion.data.tokenizer import GPT2_EOT_ID as EOT_ID  # <|endoftext|>: ends every answer, and pads
 from llm_companion.data.tokenizer import encode_text
 from llm_companion.inference.generation import generate

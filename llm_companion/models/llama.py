@@ -12,13 +12,12 @@ What changes from GPT-2 (:mod:`llm_companion.models.gpt`), one piece at a time:
 
 ``LlamaModel`` speaks the same protocol as ``GPTModel`` (``forward(idx, cache, last_only=...)``,
 ``new_cache``, ``cfg.context_length``), so :func:`llm_companion.inference.generation.generate` runs both, and both use
-one :class:`~llm_companion.models.kv_cache.KVCache`. :func:`load_llama_gguf` fills one from a llama.cpp GGUF file
-(e.g. SmolLM2-135M-Instruct in Q4_1). The faster decoding step that generation can opt into lives in
-:mod:`llm_companion.inference.fast`.
+one :class:`~llm_companion.models.kv_cache.KVCache`. :func:`~llm_companion.models.gguf_checkpoint.load_llama_gguf`
+fills one from a llama.cpp GGUF file (e.g. SmolLM2-135M-Instruct in Q4_1). The faster decoding step that
+generation can opt into lives in :mod:`llm_companion.inference.fast`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -26,12 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_companion.data.gguf_file import GGUFContents, GGUFError, read_gguf, write_gguf
 from llm_companion.models.attention import causal_mask
 from llm_companion.models.config import ConfigError, check_shape
 from llm_companion.models.gpt import num_parameters
 from llm_companion.models.kv_cache import KVCache, check_context, check_logits_at
-from llm_companion.progress import progress
 
 
 class LlamaConfigError(ConfigError):
@@ -303,93 +300,6 @@ class LlamaModel(nn.Module):
     def num_parameters(self, *, exclude_tied: bool = True) -> int:
         """Parameter count; a tied embedding/head matrix is counted once."""
         return num_parameters(self, exclude_tied=exclude_tied)
-
-
-# --------------------------------------------------------------------------------------------- GGUF
-def gguf_name_map(n_layers: int) -> dict[str, str]:
-    """llama.cpp's tensor names → this model's parameter names."""
-    names = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "final_norm.weight",
-             "output.weight": "out_head.weight"}
-    per_layer = {"attn_norm": "attn_norm", "attn_q": "attn.q", "attn_k": "attn.k", "attn_v": "attn.v",
-                 "attn_output": "attn.o", "ffn_norm": "ffn_norm", "ffn_gate": "ffn.gate", "ffn_up": "ffn.up",
-                 "ffn_down": "ffn.down"}
-    for i in range(n_layers):
-        for theirs, ours in per_layer.items():
-            names[f"blk.{i}.{theirs}.weight"] = f"blocks.{i}.{ours}.weight"
-    return names
-
-
-def load_llama_gguf(path: str | os.PathLike | GGUFContents, dtype: torch.dtype = torch.float32, *,
-                    unpermute: bool = True, device: str | torch.device = "cpu") -> LlamaModel:
-    """Build a :class:`LlamaModel` from a llama.cpp GGUF file, every tensor dequantized to ``dtype``.
-
-    ``unpermute=False`` keeps Q and K in llama.cpp's row order — wrong with :func:`apply_rope`'s rotate-halves
-    convention (logits then differ wildly); it exists so that the bug can be shown and tested.
-    """
-
-    contents = path if isinstance(path, GGUFContents) else read_gguf(path)
-    tied = "output.weight" not in contents.tensors
-    cfg = LlamaConfig.from_gguf_metadata(contents.metadata, tie_weights=tied)
-    with torch.device("meta"):  # no time spent on a random init that is overwritten next
-        model = LlamaModel(cfg)
-    names = gguf_name_map(cfg.n_layers)
-    own = dict(model.named_parameters())
-    state: dict[str, torch.Tensor] = {}
-    for gname in progress(list(contents.tensors), desc="dequantizing GGUF", unit="tensor"):
-        ours = names.get(gname)
-        if ours is None:
-            raise GGUFError(f"{contents.path}: unexpected tensor {gname!r} for a llama model")
-        w = contents.dequantize(gname)
-        if unpermute and ours.endswith("attn.q.weight"):
-            w = unpermute_qk(w, cfg.n_heads)
-        elif unpermute and ours.endswith("attn.k.weight"):
-            w = unpermute_qk(w, cfg.n_kv_heads)
-        if tuple(w.shape) != tuple(own[ours].shape):
-            raise GGUFError(f"{contents.path}: tensor {gname} has shape {tuple(w.shape)}, the metadata implies "
-                            f"{tuple(own[ours].shape)}")
-        state[ours] = w.to(device=device, dtype=dtype)
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise GGUFError(f"{contents.path}: no tensor for {missing[0]} ({len(missing)} missing)")
-    model.load_state_dict(state, strict=False, assign=True)  # takes the tensors in place of the meta ones
-    if tied:
-        model.out_head.weight = model.tok_emb.weight
-    cos, sin = rope_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta, device=device)
-    model.rope_cos, model.rope_sin = cos, sin
-    return model.eval()
-
-
-def save_llama_gguf(model: LlamaModel, path: str | os.PathLike, *, matrix_type: str = "Q4_1",
-                    embedding_type: str = "Q8_0", metadata: dict[str, Any] | None = None, name: str = "llama"):
-    """Write ``model`` as a llama.cpp GGUF file (Q and K permuted to llama.cpp's layout, norms in F32).
-
-    ``matrix_type``/``embedding_type`` choose the storage of the linear layers and the embedding (``F32``,
-    ``F16``, ``Q8_0``, ``Q4_1``, ...); ``metadata`` adds keys such as a tokenizer's ``tokenizer.ggml.*``.
-    :func:`load_llama_gguf` reads the file back (exactly, for F32).
-    """
-
-    cfg = model.cfg
-    meta: dict[str, Any] = {
-        "general.name": name, "llama.block_count": cfg.n_layers, "llama.context_length": cfg.context_length,
-        "llama.embedding_length": cfg.emb_dim, "llama.feed_forward_length": cfg.hidden_dim,
-        "llama.attention.head_count": cfg.n_heads, "llama.attention.head_count_kv": cfg.n_kv_heads,
-        "llama.rope.freq_base": float(cfg.rope_theta), "llama.attention.layer_norm_rms_epsilon": cfg.norm_eps,
-        "llama.rope.dimension_count": cfg.head_dim, "llama.vocab_size": cfg.vocab_size,
-    }
-    meta.update(metadata or {})
-    ours_to_gguf = {ours: theirs for theirs, ours in gguf_name_map(cfg.n_layers).items()}
-    tensors = {}
-    for ours, p in model.state_dict().items():
-        if ours not in ours_to_gguf or (ours == "out_head.weight" and cfg.tie_weights):
-            continue  # RoPE tables are recomputed; a tied head is the embedding
-        w = p.detach().float().cpu()
-        if ours.endswith("attn.q.weight"):
-            w = permute_qk(w, cfg.n_heads)
-        elif ours.endswith("attn.k.weight"):
-            w = permute_qk(w, cfg.n_kv_heads)
-        kind = "F32" if w.dim() == 1 else embedding_type if ours == "tok_emb.weight" else matrix_type
-        tensors[ours_to_gguf[ours]] = (w, kind)
-    return write_gguf(path, "llama", meta, tensors)
 
 
 def weight_bytes_per_token(model: LlamaModel) -> int:

@@ -11,7 +11,7 @@ array exactly as stored**: a Conv1D weight keeps its ``(1, in, out)`` shape. (Th
 same arrays as ``params["blocks"][i]["attn"]["c_attn"]["w"]``; flat names keep the link to the file visible.)
 
 Which weights to load (real GPT-2, the reader's own files, or a stand-in) is policy, not format: it lives in
-:mod:`llm_companion.training.pretrained`.
+:mod:`llm_companion.training.starting_weights`.
 """
 from __future__ import annotations
 

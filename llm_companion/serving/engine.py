@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from llm_companion.data.tokenizer import encode_text
-from llm_companion.finetune.adapters import load_adapter, quantize_for_inference
+from llm_companion.finetune.adapters import prepare_for_inference
+from llm_companion.finetune.assistant import load_assistant, tokenizer_for
 from llm_companion.finetune.instruct import format_prompt, prompt_style
 from llm_companion.inference.generation import generate_stream
+from llm_companion.inference.quantize import quantizes
 from llm_companion.inference.smollm2 import IM_END, IM_START, encode_chat, load_smollm2
-from llm_companion.serving.chat import decode_stream, load_assistant, tokenizer_for
+from llm_companion.serving.chat import decode_stream
 
 ROLES = ("system", "user", "assistant")
 
@@ -184,10 +186,9 @@ def load_engine(model: str, *, adapter: str | None = None, weights: str = "fp32"
         name = "assistant" if directory is None else directory.resolve().name
         template = "alpaca"
         description = f"the chapter-7 assistant from {model} ({net.num_parameters():,} parameters)"
+    net = prepare_for_inference(net, adapter=adapter, weights=weights)  # merges a loaded adapter to quantize
     if adapter is not None:
-        net = load_adapter(net, adapter)
         name, description = f"{name}+{Path(adapter).name}", f"{description} with adapter {adapter}"
-    if weights != "fp32":
-        net = quantize_for_inference(net, weights)  # merges a loaded adapter first
+    if quantizes(weights):
         description = f"{description}, {weights} weights"
     return Engine(net, tokenizer, name=name, template=template, description=description)

@@ -17,6 +17,14 @@ enough. A run given ``checkpoint_dir`` saves atomically every ``checkpoint_every
 ``resume=True`` continues from the newest checkpoint there — on CPU a resumed run ends with bit-identical
 weights to an uninterrupted one (tests/test_training.py proves it with SIGKILL). Under ``torchrun`` the same
 call trains with DistributedDataParallel (see :mod:`llm_companion.training.distributed`).
+
+``train`` is one visible loop, chapter 4's ``plain_training`` (forward, backward, ``optimizer.step()``,
+``zero_grad``) grown by what a real run needs: for each epoch, for each batch, the loss under autocast and its
+backward, accumulated over ``grad_accum_steps`` batches; at a step the scheduled learning rate, clipping and
+the update; then the periodic work, whose pieces are the helpers below it. What a checkpoint stores besides
+weights and optimizer (the position in the data and the random states), and the replay that resumes in the
+middle of an epoch, live in :mod:`llm_companion.training.resume`: ``train`` calls ``restore`` once at the start
+and ``capture`` at each checkpoint.
 """
 from __future__ import annotations
 
@@ -33,19 +41,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm_companion.models.checkpoint import (
-    capture_rng,
-    generator_state,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-    set_generator_state,
-)
+from llm_companion.models.checkpoint import capture_rng, restore_rng, save_checkpoint
 from llm_companion.models.eval_mode import evaluating
 from llm_companion.precision import use_bf16
 from llm_companion.progress import progress
 from llm_companion.training import distributed
+from llm_companion.training import resume as run_state  # `resume` is train()'s flag
 from llm_companion.training.losses import default_loss, evaluate, to_device
 
 
@@ -191,34 +192,19 @@ def _first_tensor(batch) -> torch.Tensor | None:
     return None
 
 
-def _loader_generators(loader) -> list[torch.Generator]:
-    """The generators that decide a DataLoader's order (its own and its sampler's), each once."""
-    found: dict[int, torch.Generator] = {}
-    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None),
-                                                                     "sampler", None)):
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator):
-            found.setdefault(id(g), g)
-    return list(found.values())
+def _input_size(batch) -> tuple[int, int]:
+    """(tokens, examples) of a batch, read from its first tensor; (0, 0) when it holds none."""
+    first = _first_tensor(batch)
+    return (0, 0) if first is None else (first.numel(), first.shape[0])
 
 
-def _order_state(loader) -> dict[str, Any]:
-    return {"rng": capture_rng(), "gens": [generator_state(g) for g in _loader_generators(loader)]}
-
-
-def _restore_order_state(loader, state: dict[str, Any]) -> None:
-    restore_rng(state["rng"])
-    for g, s in zip(_loader_generators(loader), state["gens"]):
-        set_generator_state(g, s)
-
-
-def _due(every: int | None, step: int, epoch_ended: bool) -> bool:
+def _due(every: int | None, step: int, epoch_ended: bool, last: bool) -> bool:
+    """Whether periodic work set to run ``every`` steps (0: at each epoch's end; None: never) runs now."""
     if every is None:
         return False
-    return epoch_ended if every == 0 else step % every == 0
+    return last or (epoch_ended if every == 0 else step % every == 0)
 
 
-# --------------------------------------------------------------------------------------------- train
 @contextlib.contextmanager
 def isolated_rng(seed: int | None) -> Iterator[None]:
     """Run the block on the caller's torch/numpy/random generators, then put their states back.
@@ -239,110 +225,7 @@ def isolated_rng(seed: int | None) -> Iterator[None]:
         restore_rng(saved)
 
 
-@dataclass
-class _Position:
-    """Where a run is: the counters a checkpoint stores besides weights, optimizer and random states."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    tokens: int = 0
-    examples: int = 0
-    elapsed0: float = 0.0  # seconds spent before this process took over (resumed runs add to it)
-    history: History = field(default_factory=History)
-
-
-def _resume(checkpoint_dir, model: nn.Module, optimizer, device) -> tuple[_Position, dict[str, Any] | None]:
-    """Load the newest checkpoint in ``checkpoint_dir`` into ``model``/``optimizer``; (position, its state)."""
-    ckpt = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is None:
-        return _Position(), None
-    s = load_checkpoint(ckpt, model=model, optimizer=optimizer, map_location=device)
-    pos = _Position(step=s["step"], epoch=s["epoch"], batch_in_epoch=s["batch"], tokens=s["tokens_seen"],
-                    examples=s["examples_seen"], elapsed0=s["elapsed"], history=History.from_dict(s["history"]))
-    return pos, s
-
-
-def _epoch_batches(train_loader, resume_state: dict[str, Any] | None, batch_in_epoch: int):
-    """An iterator over this epoch's batches and the random state its order was drawn from.
-
-    A fresh epoch records the state and starts the loader. A run resumed mid-epoch replays the epoch's
-    start from the recorded state (the same shuffle), skips the batches the checkpointed run consumed, and
-    continues with the random state it had when it saved — so the remaining batches, dropout masks and all,
-    are the ones the uninterrupted run would have seen.
-    """
-    if resume_state is not None and batch_in_epoch > 0:
-        epoch_order = resume_state["epoch_order"]
-        _restore_order_state(train_loader, epoch_order)
-        it = iter(train_loader)
-        for _ in range(batch_in_epoch):
-            next(it)
-        _restore_order_state(train_loader, resume_state["order"])
-        return it, epoch_order
-    if resume_state is not None:  # checkpoint taken at an epoch boundary
-        _restore_order_state(train_loader, resume_state["order"])
-    epoch_order = _order_state(train_loader)
-    return iter(train_loader), epoch_order
-
-
-def _checkpoint_state(pos: _Position, cfg: TrainConfig, train_loader, epoch_order: dict[str, Any],
-                      n_batches: int, elapsed: float) -> dict[str, Any]:
-    """The JSON ``state`` a checkpoint stores: position in the data, random states, history, settings."""
-    epoch, batch = (pos.epoch + 1, 0) if pos.batch_in_epoch == n_batches else (pos.epoch, pos.batch_in_epoch)
-    return {
-        "epoch": epoch, "batch": batch, "tokens_seen": pos.tokens, "examples_seen": pos.examples,
-        "elapsed": elapsed, "history": pos.history.to_dict(), "order": _order_state(train_loader),
-        "epoch_order": epoch_order, "train_config": asdict(cfg),
-    }
-
-
-class _StepLosses:
-    """Per-step losses kept on the device and copied to ``history.step_loss`` in batches.
-
-    Reading a GPU value every step would make the GPU wait; one device→host copy (and one all-reduce)
-    serves many steps, and every rank flushes at the same steps.
-    """
-
-    def __init__(self, history: History, bar):
-        self.history, self.bar, self.pending = history, bar, []
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.pending.append(loss)
-
-    def flush(self) -> None:
-        if self.pending:
-            values = distributed.all_reduce_mean_tensor(torch.stack(self.pending).double()).tolist()
-            self.history.step_loss.extend(values)
-            self.pending.clear()
-            self.bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
-
-
-def _record_evaluation(pos: _Position, model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
-                       loss_fn: Callable, eval_fn: Callable | None, device, epoch_pos: float, lr: float,
-                       elapsed: Callable[[], float], verbose: bool) -> None:
-    """Append train/validation loss (and ``eval_fn``'s metrics) at the current position to the history."""
-    h = pos.history
-    tr = evaluate(model, train_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
-    va = (evaluate(model, val_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
-          if val_loader is not None else float("nan"))
-    h.steps.append(pos.step)
-    h.epochs.append(round(epoch_pos, 6))
-    h.tokens_seen.append(pos.tokens)
-    h.examples_seen.append(pos.examples)
-    h.train_loss.append(tr)
-    h.val_loss.append(va)
-    h.lr.append(lr)
-    h.wall_time.append(elapsed())
-    if eval_fn is not None:
-        with evaluating(model), torch.no_grad():  # metrics see the model as it predicts
-            extra = eval_fn(model)
-        for k, v in extra.items():
-            h.metrics.setdefault(k, []).append(float(v))
-    if verbose:
-        extra = "".join(f", {k} {v[-1]:.3f}" for k, v in h.metrics.items())
-        print(f"epoch {epoch_pos:5.2f}  step {pos.step:6d}  train loss {tr:.3f}  val loss {va:.3f}{extra}")
-
-
+# --------------------------------------------------------------------------------------------- train
 def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
           loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
           eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -377,146 +260,138 @@ def train(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
     # bf16 only where the device computes it natively: emulated it is 30-50x slower than fp32
     cfg = replace(cfg, bf16=use_bf16(cfg.bf16, device, verbose=cfg.verbose and distributed.is_main()))
     optimizer = optimizer or make_optimizer(model, cfg)
-    pos, resume_state = _resume(checkpoint_dir if resume else None, model, optimizer, device)
-    if resume_state is not None and distributed.is_main() and cfg.verbose:
+    pos, saved = run_state.restore(checkpoint_dir if resume else None, model, optimizer, device)
+    history = History.from_dict(saved["history"]) if saved is not None else History()
+    main, world = distributed.is_main(), distributed.world_size()
+    if saved is not None and main and cfg.verbose:
         print(f"resuming from step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch})")
-    rng = (isolated_rng(cfg.seed if resume_state is None else None) if cfg.seed is not None
+    rng = (isolated_rng(cfg.seed if saved is None else None) if cfg.seed is not None
            else contextlib.nullcontext())
-    with rng:
-        _Loop(model, train_loader, val_loader, cfg, pos, resume_state, loss_fn=loss_fn, eval_fn=eval_fn,
-              sample_fn=sample_fn, checkpoint_dir=checkpoint_dir, device=device, optimizer=optimizer,
-              n_batches=n_batches, n_steps=n_steps).run()
+    with rng, progress(total=n_steps, initial=pos.step, desc="training", unit="step", disable=not main) as bar:
+        net = distributed.wrap_model(model) if distributed.is_distributed() else model
+        t0 = time.perf_counter() - pos.elapsed0  # a resumed run's clock goes on from the checkpoint's
+        losses = _StepLosses(history, bar)
+        micro, running = 0, None  # micro-batches accumulated towards the next step, and their summed loss
+        epoch_end_pending = False  # an accumulation ran past the epoch's end: its step reports the end
+        # chapter 4's plain_training, grown: accumulation, DDP, bf16, the schedule, clipping, periodic work
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        while pos.step < n_steps and (cfg.epochs is None or pos.epoch < cfg.epochs):
+            distributed.set_sampler_epoch(train_loader, pos.epoch)
+            batches, epoch_order = run_state.epoch_batches(train_loader, saved, pos.batch_in_epoch)
+            saved = None
+            for batch in batches:
+                pos.batch_in_epoch += 1
+                batch = to_device(batch, device)
+                micro += 1
+                ends_step = micro == cfg.grad_accum_steps
+                # DDP all-reduces gradients during backward; the micro-batches before a step need not
+                with net.no_sync() if net is not model and not ends_step else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                        loss = loss_fn(net, batch)
+                    (loss / cfg.grad_accum_steps).backward()
+                # summed on the device: reading a GPU value every micro-batch would stall it
+                running = loss.detach().float() if running is None else running + loss.detach().float()
+                tokens, examples = _input_size(batch)
+                pos.tokens += tokens * world
+                pos.examples += examples * world
+                if not ends_step:
+                    continue
+
+                lr = lr_at(pos.step, cfg, n_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                pos.step += 1
+                losses.add(running / cfg.grad_accum_steps)
+                micro, running = 0, None
+                bar.update(1)
+
+                epoch_ended, epoch_end_pending = pos.batch_in_epoch == n_batches or epoch_end_pending, False
+                last = pos.step == n_steps
+                epoch_pos = pos.epoch + pos.batch_in_epoch / n_batches
+                if pos.step % cfg.log_every == 0 or last:
+                    losses.flush()
+                if _due(cfg.eval_every, pos.step, epoch_ended, last):
+                    losses.flush()
+                    _record_evaluation(history, pos, model, train_loader, val_loader, cfg, loss_fn=loss_fn,
+                                       eval_fn=eval_fn, device=device, epoch_pos=epoch_pos, lr=lr, t0=t0,
+                                       verbose=main and cfg.verbose)
+                if sample_fn is not None and main and _due(cfg.sample_every, pos.step, epoch_ended, last):
+                    _record_sample(history, pos.step, epoch_pos, sample_fn(model), verbose=cfg.verbose)
+                if checkpoint_dir is not None and (last or _due(cfg.checkpoint_every, pos.step, epoch_ended, last)):
+                    losses.flush()
+                    state = run_state.capture(pos, train_loader, epoch_order, elapsed=time.perf_counter() - t0,
+                                              history=history.to_dict(), train_config=asdict(cfg))
+                    if main:
+                        save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, state=state,
+                                        step=pos.step, keep=cfg.keep_checkpoints)
+                    distributed.barrier()
+                if pos.step >= n_steps:
+                    break
+            else:  # the loader ran out: the epoch is over
+                pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+                epoch_end_pending = micro > 0
+        losses.flush()
     model.eval()
-    return pos.history
+    return history
 
 
-class _Loop:
-    """The loop of :func:`train`: optimizer steps from ``pos`` to ``n_steps``, with the periodic work.
+# ---------------------------------------------------------------------------------------- periodic work
+class _StepLosses:
+    """Per-step losses kept on the device and copied to ``history.step_loss`` in batches.
 
-    One object holds what every step reads (model, data, settings, position), so each piece of the loop is
-    a short method: a micro-batch's forward and backward, the optimizer step, and the periodic work
-    (losses, evaluation, samples, checkpoints) that follows a step.
+    Reading a GPU value every step would make the GPU wait; one device→host copy (and one all-reduce)
+    serves many steps, and every rank flushes at the same steps.
     """
 
-    def __init__(self, model: nn.Module, train_loader, val_loader, cfg: TrainConfig, pos: _Position,
-                 resume_state: dict[str, Any] | None, *, loss_fn: Callable, eval_fn: Callable | None,
-                 sample_fn: Callable | None, checkpoint_dir, device: torch.device, optimizer, n_batches: int,
-                 n_steps: int) -> None:
-        self.model, self.train_loader, self.val_loader, self.cfg = model, train_loader, val_loader, cfg
-        self.pos, self.resume_state = pos, resume_state
-        self.loss_fn, self.eval_fn, self.sample_fn = loss_fn, eval_fn, sample_fn
-        self.checkpoint_dir, self.device, self.optimizer = checkpoint_dir, device, optimizer
-        self.n_batches, self.n_steps = n_batches, n_steps
-        self.main, self.world = distributed.is_main(), distributed.world_size()
-        self.net = distributed.wrap_model(model) if distributed.is_distributed() else model
-        self.micro = 0           # micro-batches accumulated towards the next optimizer step
-        self.running = None      # their summed loss, on the device: reading a GPU value every step would stall it
-        self.epoch_end_pending = False  # an accumulation straddled the epoch's end: report it at its step
+    def __init__(self, history: History, bar):
+        self.history, self.bar, self.pending = history, bar, []
 
-    def elapsed(self) -> float:
-        return self.pos.elapsed0 + time.perf_counter() - self.start
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
 
-    def run(self) -> None:
-        self.start = time.perf_counter()
-        self.bar = progress(total=self.n_steps, initial=self.pos.step, desc="training", unit="step",
-                            disable=not self.main)
-        self.losses = _StepLosses(self.pos.history, self.bar)
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        try:
-            while self.pos.step < self.n_steps and (self.cfg.epochs is None or self.pos.epoch < self.cfg.epochs):
-                if not self._epoch():
-                    break
-            self.losses.flush()
-        finally:
-            self.bar.close()
+    def flush(self) -> None:
+        if self.pending:
+            values = distributed.all_reduce_mean_tensor(torch.stack(self.pending).double()).tolist()
+            self.history.step_loss.extend(values)
+            self.pending.clear()
+            self.bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
 
-    def _epoch(self) -> bool:
-        """The (rest of the) epoch's batches; False when the last step came before the epoch's end."""
-        pos = self.pos
-        distributed.set_sampler_epoch(self.train_loader, pos.epoch)
-        it, epoch_order = _epoch_batches(self.train_loader, self.resume_state, pos.batch_in_epoch)
-        self.resume_state = None
-        for batch in it:
-            pos.batch_in_epoch += 1
-            if self._forward_backward(to_device(batch, self.device)):
-                lr = self._optimizer_step()
-                self._after_step(lr, epoch_order)
-            if pos.step >= self.n_steps:
-                return False
-        pos.epoch += 1
-        pos.batch_in_epoch = 0
-        self.epoch_end_pending = self.micro > 0
-        return True
 
-    def _forward_backward(self, batch) -> bool:
-        """Accumulate one micro-batch's gradients; True when an optimizer step is due."""
-        cfg, pos = self.cfg, self.pos
-        self.micro += 1
-        sync = self.micro == cfg.grad_accum_steps
-        ctx = self.net.no_sync() if (self.net is not self.model and not sync) else contextlib.nullcontext()
-        with ctx:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = self.loss_fn(self.net, batch)
-            (loss / cfg.grad_accum_steps).backward()
-        self.running = loss.detach().float() if self.running is None else self.running + loss.detach().float()
-        first = _first_tensor(batch)
-        if first is not None:
-            pos.tokens += first.numel() * self.world
-            pos.examples += first.shape[0] * self.world
-        return sync
+def _record_evaluation(history: History, pos: run_state.Position, model: nn.Module, train_loader, val_loader,
+                       cfg: TrainConfig, *, loss_fn: Callable, eval_fn: Callable | None, device: torch.device,
+                       epoch_pos: float, lr: float, t0: float, verbose: bool) -> None:
+    """Append train/validation loss (and ``eval_fn``'s metrics) at the current position to the history."""
+    tr = evaluate(model, train_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+    va = (evaluate(model, val_loader, loss_fn, cfg.eval_batches, device=device, bf16=cfg.bf16)
+          if val_loader is not None else float("nan"))
+    history.steps.append(pos.step)
+    history.epochs.append(round(epoch_pos, 6))
+    history.tokens_seen.append(pos.tokens)
+    history.examples_seen.append(pos.examples)
+    history.train_loss.append(tr)
+    history.val_loss.append(va)
+    history.lr.append(lr)
+    history.wall_time.append(time.perf_counter() - t0)
+    if eval_fn is not None:
+        with evaluating(model), torch.no_grad():  # metrics see the model as it predicts
+            extra = eval_fn(model)
+        for k, v in extra.items():
+            history.metrics.setdefault(k, []).append(float(v))
+    if verbose:
+        extra = "".join(f", {k} {v[-1]:.3f}" for k, v in history.metrics.items())
+        print(f"epoch {epoch_pos:5.2f}  step {pos.step:6d}  train loss {tr:.3f}  val loss {va:.3f}{extra}")
 
-    def _optimizer_step(self) -> float:
-        """Set the scheduled learning rate, clip, step; return the learning rate used."""
-        cfg = self.cfg
-        lr = lr_at(self.pos.step, cfg, self.n_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.pos.step += 1
-        self.losses.add(self.running / cfg.grad_accum_steps)
-        self.micro, self.running = 0, None
-        self.bar.update(1)
-        return lr
 
-    def _after_step(self, lr: float, epoch_order: dict[str, Any]) -> None:
-        """The periodic work due at this step: step losses, evaluation, a sample, a checkpoint."""
-        cfg, pos = self.cfg, self.pos
-        epoch_ended = pos.batch_in_epoch == self.n_batches or self.epoch_end_pending
-        self.epoch_end_pending = False
-        epoch_pos = pos.epoch + pos.batch_in_epoch / self.n_batches
-        last = pos.step == self.n_steps
-        if pos.step % cfg.log_every == 0 or last:
-            self.losses.flush()
-        if cfg.eval_every is not None and (_due(cfg.eval_every, pos.step, epoch_ended) or last):
-            self.losses.flush()
-            _record_evaluation(pos, self.model, self.train_loader, self.val_loader, cfg, loss_fn=self.loss_fn,
-                               eval_fn=self.eval_fn, device=self.device, epoch_pos=epoch_pos, lr=lr,
-                               elapsed=self.elapsed, verbose=self.main and cfg.verbose)
-        if self.sample_fn is not None and cfg.sample_every is not None and self.main and (
-                _due(cfg.sample_every, pos.step, epoch_ended) or last):
-            self._sample(epoch_pos)
-        if self.checkpoint_dir is not None and (_due(cfg.checkpoint_every, pos.step, epoch_ended) or last):
-            self._checkpoint(epoch_order)
-
-    def _sample(self, epoch_pos: float) -> None:
-        # only rank 0 generates; nothing collective happens inside sample_fn
-        text = self.sample_fn(self.model)
-        self.pos.history.samples.append({"step": self.pos.step, "epoch": round(epoch_pos, 6), "text": text})
-        if self.cfg.verbose:
-            print(f"sample @ step {self.pos.step}: {text!r}")
-
-    def _checkpoint(self, epoch_order: dict[str, Any]) -> None:
-        self.losses.flush()
-        state = _checkpoint_state(self.pos, self.cfg, self.train_loader, epoch_order, self.n_batches,
-                                  self.elapsed())
-        if self.main:
-            save_checkpoint(self.checkpoint_dir, model=self.model, optimizer=self.optimizer, state=state,
-                            step=self.pos.step, keep=self.cfg.keep_checkpoints)
-        distributed.barrier()
+def _record_sample(history: History, step: int, epoch_pos: float, text: str, *, verbose: bool) -> None:
+    # only rank 0 generates (the caller checks); nothing collective happens inside sample_fn
+    history.samples.append({"step": step, "epoch": round(epoch_pos, 6), "text": text})
+    if verbose:
+        print(f"sample @ step {step}: {text!r}")
 
 
 # ---------------------------------------------------------------------------------------------- plots

@@ -28,9 +28,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from llm_companion.atomic import publish_dir, temp_dir_beside
-from llm_companion.data.artifacts import REGISTRY, fetch, models_dir
+from llm_companion.data.artifacts import REGISTRY, fetch
 from llm_companion.data.corpus import MANIFEST, Corpus, books_corpus, corpus_tokens, split_tokens
 from llm_companion.data.dataset import GPTDataset
+from llm_companion.data.download import models_dir
 from llm_companion.data.tokenizer import gpt2_tokenizer
 from llm_companion.inference.generation import generate
 from llm_companion.models.checkpoint import CheckpointError, save_model, seal, verify_dir

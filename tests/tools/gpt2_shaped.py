@@ -40,7 +40,7 @@ def write_random_gpt2(root: Path, size: str = "124M", seed: int = 0) -> Path:
     from llm_companion.data.artifacts import GPT2_HPARAMS
     from llm_companion.models.gpt import GPTModel
     from llm_companion.models.openai_checkpoint import config_from_hparams, export_tf_checkpoint
-    from llm_companion.training.pretrained import OPENAI_WEIGHT_FILES
+    from llm_companion.training.starting_weights import OPENAI_WEIGHT_FILES
 
     folder = root / size
     if all((folder / f).is_file() for f in OPENAI_WEIGHT_FILES):
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict-budget", action="store_true", help="fail a chapter that runs over --budget")
     args = p.parse_args(argv)
 
-    from llm_companion.data.artifacts import models_dir
+    from llm_companion.data.download import models_dir
+    from llm_companion.finetune.assistant import default_assistant_dir
     from llm_companion.finetune.classification import classifier_dir
-    from llm_companion.serving.chat import default_assistant_dir
 
     root = args.weights_dir or Path(tempfile.mkdtemp(prefix="gpt2-shaped-"))
     saved_by_chapters = [classifier_dir(), default_assistant_dir()]

@@ -31,10 +31,13 @@ from llm_companion.data.artifacts import (
     GPT2_CHECKPOINT_FILES,
     GPT2_HF_REPOS,
     GPT2_HPARAMS,
-    ArtifactUnavailable,
     PublishedStandin,
     fetch,
     get_artifact,
+)
+from llm_companion.data.download import (
+    MIRROR_ENV,
+    ArtifactUnavailable,
     mirror_dirs,
     models_dir,
     project_home,
@@ -132,7 +135,7 @@ def _size_of(name: str) -> str:
 
 def _display(path: Path, extra_roots: tuple[tuple[Path, str], ...] = ()) -> str:
     path = path.resolve()
-    roots = [*extra_roots, (project_home(), ""), *((m.resolve(), f"${artifacts.MIRROR_ENV}/") for m in mirror_dirs())]
+    roots = [*extra_roots, (project_home(), ""), *((m.resolve(), f"${MIRROR_ENV}/") for m in mirror_dirs())]
     for root, label in roots:
         try:
             return label + str(path.relative_to(root.resolve()))
@@ -146,7 +149,7 @@ def cached_sha256(path: Path) -> str:
     """sha256 of ``path``, remembered by (size, mtime) in a stamp under ``models/.sha256/``.
 
     A 500 MB checkpoint takes seconds to hash; a reader's folder may be read-only, so the stamp lives in
-    ``models/`` rather than beside the file (:func:`~llm_companion.data.artifacts.remembered_sha256` does both).
+    ``models/`` rather than beside the file (:func:`~llm_companion.data.download.remembered_sha256` does both).
     """
     path = path.resolve()
     name = hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:16]
