@@ -84,9 +84,11 @@ unit: data graphviz chromium mathjax
 fast: data
 	$(PY) -m pytest -q -m "not slow and not browser" tests
 
-# Rules and line length live in pyproject.toml ([tool.ruff]); notebooks' code cells are checked too.
+# Rules and line length live in pyproject.toml ([tool.ruff]); the chapters' code cells are checked too, at 80
+# columns and in `ruff format`'s one style (chapters/ruff.toml; `ruff format chapters` fixes them).
 lint: install
 	$(VENV)/bin/ruff check llm_companion tests benchmarks chapters
+	$(VENV)/bin/ruff format --check chapters
 
 # appendix D screenshots the chat page in Debian's chromium; NOTEBOOKS narrows the run (default: every chapter)
 NOTEBOOKS ?= chapters/

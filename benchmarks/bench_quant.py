@@ -5,7 +5,9 @@ Q4_1 matrices) and quantize its weights with :mod:`llm_companion.inference.quant
 file. Workloads, as ``llama-bench -p 512 -n 128``:
 
 * prefill: one 512-token prompt, filling the KV cache and producing the next token's logits (tokens/s);
-* decode: 128 greedy tokens (tokens/s; llama-bench's tg128 generates from an empty context).
+* decode: 128 greedy tokens through ``generate(fast=True)``, the compiled one-token step of
+  ``llm_companion.inference.fast`` for every precision (tokens/s; llama-bench's tg128 generates from an empty
+  context).
 
 All engines run interleaved, round by round, in one process (llama-bench as a subprocess with ``-r 1`` each
 round), so background load slows them alike: read the ratios, not the absolute numbers, on a shared machine.
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             if workload == "prefill":
                 model(long_prompt, model.new_cache(1), last_only=True)
             else:
-                generate(model, short_prompt, args.new)
+                generate(model, short_prompt, args.new, fast=True)  # the compiled step, every precision
         seconds = time.perf_counter() - t0
         return (args.prefill if workload == "prefill" else args.new) / seconds
 

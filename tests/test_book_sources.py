@@ -162,6 +162,17 @@ def test_committed_outputs_hold_no_widget(path):
                 f"cell {k} stores a widget, which a page shows frozen (set LLM_COMPANION_PROGRESS=plain)"
 
 
+def test_every_code_cell_is_in_the_one_notebook_style():
+    # chapters/ruff.toml: `ruff format` at 80 columns, so no cell mixes a formatter's splits with hand wrapping
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    run = subprocess.run([ruff, "format", "--check", "--diff", "chapters"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, f"run `ruff format chapters`:\n{run.stdout[-3000:]}{run.stderr[-1000:]}"
+    run = subprocess.run([ruff, "check", "--show-files", "chapters"], cwd=ROOT, capture_output=True, text=True)
+    listed = {Path(line.strip()).name for line in run.stdout.splitlines()}
+    assert {p.name for p in CHAPTERS} <= listed, "chapters/ruff.toml must lint every chapter"
+
+
 # ------------------------------------------------------------------------------- checked outputs, any CPU
 # A cell marked NBVAL_CHECK_OUTPUT must print the same on every CPU. AVX2 and AVX-512 kernels sum floats in
 # different orders, so a float shown to its last digits (Python's repr of a float: 16 digits) or a large

@@ -11,6 +11,7 @@ from llm_companion.finetune.chat_sft import (
     chat_collator,
     end_id,
     finetune_sft,
+    generate_answers,
     prompt_ids,
     user_message,
 )
@@ -78,6 +79,16 @@ def test_answer_losses_are_per_example_and_sft_lowers_them(tok):
     finetune_sft(model, tok, RECORDS, steps=25, lr=2e-2, batch_size=3)
     after = answer_losses(model, ds, coll)
     assert (after < before).all() and after.mean() < 0.5 * before.mean()
+
+
+def test_generate_answers_batches_prompts_of_one_length_and_gives_each_its_own_answer(tok):
+    model = tiny_llama(CFG.replace(vocab_size=tok.n_vocab), seed=2)
+    recs = RECORDS + RECORDS[:2] + [{"instruction": "Name the fox.", "input": "quick"}]
+    alone = generate_answers(model, tok, recs, max_new_tokens=6, batch_size=1)
+    together = generate_answers(model, tok, recs, max_new_tokens=6, batch_size=8)
+    assert together == alone and len(together) == len(recs)
+    assert together[3] == together[0] and together[4] == together[1]       # same prompt, same answer
+    assert len({len(prompt_ids(tok, r)) for r in recs}) < len(recs)        # some prompts did share a batch
 
 
 # --------------------------------------------------------------------------------------------- peft oracle

@@ -18,6 +18,7 @@ from llm_companion.evaluation import (
     evaluate,
     mcnemar_exact,
     paired_test,
+    score_batch,
     score_choices,
     score_plain,
     select,
@@ -104,6 +105,47 @@ def test_too_long_items_are_truncated_from_the_left_as_lm_eval_does():
     lp = model(torch.tensor([whole[:-1]]))[0].log_softmax(-1)
     ref = sum(lp[16 - 4 + j, t].item() for j, t in enumerate(cont))
     assert s.n_tokens == 4 and abs(s.logprob - ref) <= 1e-4
+
+
+@pytest.mark.parametrize("make, vocab", [(random_gpt, ODD.vocab_size), (random_llama, 90)])
+def test_batched_scores_equal_one_plain_forward_each(make, vocab):
+    model = make()
+    n_ctx = model.cfg.context_length
+    # lengths differ (padding is exercised), one request is longer than the window (truncated from the left)
+    requests = [(_ids(k, vocab, k), _ids(m, vocab, 50 + k)) for k, m in ((3, 1), (7, 4), (1, 6), (12, 2))]
+    requests.append((_ids(n_ctx + 5, vocab, 99), _ids(3, vocab, 98)))
+    for max_tokens in (8, 1024):                          # one row per batch, and all rows in one batch
+        batched = score_batch(model, requests, max_tokens=max_tokens)
+        for (ctx, cont), s in zip(requests, batched, strict=True):
+            ref = score_plain(model, ctx, cont)
+            assert s.n_tokens == ref.n_tokens and s.greedy == ref.greedy
+            assert abs(s.logprob - ref.logprob) <= 1e-4
+    with pytest.raises(ValueError, match="non-empty"):
+        score_batch(model, [([], [1])])
+
+
+def test_evaluate_in_batches_gives_the_item_by_item_report():
+    class Tok:
+        name = "bytes"
+        eot_token = 0
+
+        def encode(self, s):
+            return [1 + (b % 99) for b in s.encode()]
+
+    model = random_gpt()
+    items = {"piqa": [Item(i, f"Question {i}?", (" yes", " no way", " maybe"), i % 3, (4, 7, 6))
+                      for i in range(70)],                # more than one round of 64 items
+             "blimp": [Item(i, "", (f"A cat sits {i}.", f"A cat sit {i}."), 0, (13, 12), {"paradigm": "p"})
+                       for i in range(5)]}
+    one = evaluate(model, Tok(), "piqa,blimp", cache_dir=False, items=items)
+    many = evaluate(model, Tok(), "piqa,blimp", cache_dir=False, items=items, batch_tokens=256)
+    for task in ("piqa", "blimp"):
+        assert many["tasks"][task]["items"] == one["tasks"][task]["items"]
+        assert many["tasks"][task]["acc"] == one["tasks"][task]["acc"]
+    piqa = one["tasks"]["piqa"]
+    right_norm = round(piqa["acc_norm"] * piqa["n"])
+    assert piqa["ci95_norm"] == list(wilson_interval(right_norm, piqa["n"]))   # acc_norm's own interval
+    assert one["tasks"]["blimp"]["ci95_norm"] is None
 
 
 class CountingModel(torch.nn.Module):

@@ -1,7 +1,7 @@
 """The package's layers: imports run one way, and no module imports itself back through others.
 
 Layers, lowest first: utilities (atomic, plots, precision, progress, profiles) → data → models → inference → training →
-finetune → evaluation, serving → cli. A module may import its own layer and the layers below it, never one
+finetune → evaluation → rl → serving → cli. A module may import its own layer and the layers below it, never one
 above; and the import graph has no cycle. A function-level import of the package's own modules is allowed
 only for a module that needs an optional extra (``OPTIONAL``), so that the rest works without it.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "llm_companion"
-LAYERS = ["", "data", "models", "inference", "training", "finetune", "evaluation", "serving", "cli"]
+LAYERS = ["", "data", "models", "inference", "training", "finetune", "evaluation", "rl", "serving", "cli"]
 UTILITIES = {"atomic", "plots", "precision", "progress", "profiles"}
 OPTIONAL = {"llm_companion.serving.app": "fastapi (the `serve` extra)"}
 

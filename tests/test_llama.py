@@ -167,69 +167,7 @@ def test_kv_cache_gives_the_logits_of_a_full_pass_and_grows():
     torch.testing.assert_close(last, full[:, 24:25], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype, tol, script, row_split", [
-    (torch.float32, 1e-5, "1", "0"), (torch.float32, 1e-5, "0", "0"), (torch.float32, 1e-5, "1", "1"),
-    (torch.bfloat16, 5e-2, "1", "0")])
-def test_fast_decoding_step_equals_the_model(dtype, tol, script, row_split, monkeypatch):
-    # the fast path's one-token steps must compute what forward does, compiled by TorchScript or not, with
-    # the row-split products or not (B=2 never splits: the B=1 check below)
-    import llm_companion.inference.fast as fast
-
-    monkeypatch.setenv("LLM_COMPANION_TORCHSCRIPT", script)
-    monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", row_split)
-    calls = []
-    real = fast.decode_layers if script == "0" else fast._decode_function()
-    monkeypatch.setattr(fast, "_decode_function", lambda: lambda *a: calls.append(1) or real(*a))
-    model = random_llama(tiny_config(50)).to(dtype)
-    ids = torch.randint(0, 50, (2, 30))
-    with torch.no_grad():
-        full = model(ids).float()
-        step = fast.decoder(model)
-        cache = KVCache(model.cfg, 2, initial_len=4, dtype=dtype)  # grows inside decode steps too
-        steps = [step(ids[:, :5], cache)] + [step(ids[:, t:t + 1], cache) for t in range(5, 30)]
-        assert len(calls) == 25  # every one-token step took the compiled function, the prompt did not
-        torch.testing.assert_close(torch.cat(steps, dim=1).float(), full[:, [4, *range(5, 30)]], atol=tol,
-                                   rtol=tol)
-        assert cache.length == 30 and cache.capacity >= 30
-        one = KVCache(model.cfg, 1, initial_len=4, dtype=dtype)
-        single = [step(ids[:1, t:t + 1], one) for t in range(12)]
-    torch.testing.assert_close(torch.cat(single, dim=1).float(), full[:1, :12], atol=tol, rtol=tol)
-
-
-def test_decode_layers_run_as_torchscript():
-    # the speed of decoding rests on it (benchmarks/README.md): a fallback to Python must not go unnoticed
-    from llm_companion.inference import fast
-
-    assert isinstance(fast._decode_function(), torch.jit.ScriptFunction)
-
-
-def test_fast_decoding_of_a_lora_model_takes_the_modules_and_is_right():
-    # a wrapped layer is not a plain nn.Linear: the fast path must not read its base weight alone
-    from llm_companion.finetune.lora import apply_lora
-    from llm_companion.inference.fast import decoder
-
-    model = random_llama(tiny_config(50))
-    ids = torch.randint(0, 50, (1, 9))
-    apply_lora(model, rank=2, alpha=4)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            with torch.no_grad():
-                p.normal_(0.0, 0.5)  # a non-zero adapter, so that ignoring it would change the logits
-    with torch.no_grad():
-        step, cache = decoder(model), model.new_cache(1)
-        step(ids[:, :-1], cache)
-        torch.testing.assert_close(step(ids[:, -1:], cache)[:, -1], model(ids)[:, -1], atol=1e-5, rtol=1e-5)
-
-
-def test_the_model_itself_always_runs_its_modules(monkeypatch):
-    # stepping through generation without fast=True runs the blocks chapter 8 teaches, never the fast path
-    import llm_companion.inference.fast as fast
-
-    monkeypatch.setattr(fast, "decode_layers", lambda *a: pytest.fail("the model called the fast path"))
-    monkeypatch.setattr(fast, "_compiled", [])
-    model = random_llama(tiny_config(50))
-    with torch.no_grad():
-        generate(model, torch.tensor([[1, 2, 3]]), 5)
+# the compiled decoding step (inference/fast.py) against this model: tests/test_decode.py
 
 
 def test_context_overflow_is_a_clear_error():

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from conftest import ODD, hf_config, hf_gpt2
 from transformers import GPT2LMHeadModel
 
-from llm_companion import GPTConfig, GPTModel, generate
+from llm_companion import GPTConfig, GPTModel
 from llm_companion.models.attention import causal_mask
 from llm_companion.models.config import ConfigError
 from llm_companion.models.hf_convert import model_from_hf_state_dict
@@ -176,48 +176,9 @@ def test_same_seed_same_init():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-@pytest.mark.parametrize("n_out", [6, 7, 50257])
-@pytest.mark.parametrize("bias", [True, False])
-def test_row_split_kernel_equals_f_linear_for_one_row(n_out, bias):
-    from llm_companion.inference.fast import row_split_linear
-
-    torch.manual_seed(0)
-    w, b = torch.randn(n_out, 48), (torch.randn(n_out) if bias else None)
-    x = torch.randn(1, 1, 48)
-    with torch.no_grad():
-        fast = row_split_linear(x, w, b)  # the kernel itself, whatever the thread count
-    assert fast.shape == (1, 1, n_out)
-    assert torch.allclose(fast, F.linear(x, w, b), atol=1e-5)
-
-
-@pytest.mark.parametrize("n_out", [7, 50257])
-def test_fast_linear_takes_the_kernel_only_where_it_pays(monkeypatch, n_out):
-    import llm_companion.inference.fast as fast_mod
-
-    calls = []
-    kernel = fast_mod.row_split_linear
-    monkeypatch.setattr(fast_mod, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the kernel's condition, even on a 1-core runner
-    monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "1")  # wherever it is eligible, whatever this CPU measures
-    torch.manual_seed(0)
-    plain = torch.nn.Linear(48, n_out)
-    x = torch.randn(1, 1, 48)
-    with torch.no_grad():
-        assert torch.allclose(fast_mod.linear(x, plain), plain(x), atol=1e-5) and calls == [1]
-        rows = torch.randn(2, 3, 48)  # several rows: the plain op, exactly
-        assert torch.equal(fast_mod.linear(rows, plain), plain(rows)) and calls == [1]
-    assert fast_mod.linear(x, plain).requires_grad and calls == [1]  # autograd on: the plain op
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    with torch.no_grad():
-        assert torch.equal(fast_mod.linear(x, plain), plain(x)) and calls == [1]  # one thread: nothing to split
-
-
-@pytest.mark.parametrize("row_split", ["0", "1"])
-def test_fast_logits_equal_the_model_with_and_without_a_cache(monkeypatch, row_split):
+def test_fast_logits_equal_the_model_with_and_without_a_cache():
     from llm_companion.inference.fast import decoder
 
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", row_split)
     torch.manual_seed(0)
     model = GPTModel(ODD).eval()
     x = torch.randint(0, ODD.vocab_size, (2, 13))
@@ -231,49 +192,6 @@ def test_fast_logits_equal_the_model_with_and_without_a_cache(monkeypatch, row_s
             assert fast_cache.length == plain_cache.length
         n = plain_cache.length
         torch.testing.assert_close(fast_cache.k[:, :, :, :n], plain_cache.k[:, :, :, :n], atol=1e-5, rtol=0)
-
-
-def test_fast_generation_takes_the_kernel_and_gives_the_same_tokens(monkeypatch):
-    import llm_companion.inference.fast as fast_mod
-
-    calls = []
-    kernel = fast_mod.row_split_linear
-    monkeypatch.setattr(fast_mod, "row_split_linear", lambda *a: calls.append(1) or kernel(*a))
-    torch.manual_seed(0)
-    model = GPTModel(ODD).eval()
-    x = torch.randint(0, ODD.vocab_size, (1, 9))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # force the kernel path, even on one thread
-    monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "1")
-    fast = generate(model, x, 20, fast=True)
-    assert len(calls) >= 19 * (4 * ODD.n_layers + 1)  # every linear of every one-row decoding step
-    n = len(calls)
-    assert torch.equal(generate(model, x, 20), fast)  # the plain path: the modules, no kernel
-    assert len(calls) == n
-
-
-def test_row_split_choice_is_measured_once_per_shape_and_can_be_forced(monkeypatch):
-    import llm_companion.inference.fast as kernels
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(kernels, "_measured", {})
-    real = kernels._split_is_faster
-    timed = []
-    verdict = {"split wins": False}
-    monkeypatch.setattr(kernels, "_split_is_faster", lambda x, w: timed.append(w.shape) or verdict["split wins"])
-    monkeypatch.delenv("LLM_COMPANION_ROW_SPLIT", raising=False)
-    w, x = torch.randn(10, 48), torch.randn(1, 1, 48)
-    with torch.no_grad():
-        assert not kernels.use_row_split(x, w) and not kernels.use_row_split(x, w)
-        assert timed == [(10, 48)]  # measured once, then remembered
-        verdict["split wins"] = True
-        assert kernels.use_row_split(x, torch.randn(12, 48)) and len(timed) == 2  # a new shape: measured
-        monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "0")
-        assert not kernels.use_row_split(x, torch.randn(12, 48))
-        monkeypatch.setenv("LLM_COMPANION_ROW_SPLIT", "1")
-        assert kernels.use_row_split(x, w) and len(timed) == 2  # forced: nothing measured
-        assert not kernels.use_row_split(torch.randn(1, 2, 48), w)  # two rows are never split
-    with torch.no_grad():  # the real measurement runs both paths and answers a bool
-        assert real(x, w) in (True, False)
 
 
 def test_plot_attention_draws_one_panel_per_matrix():

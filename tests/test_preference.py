@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -14,15 +15,19 @@ from llm_companion.finetune.adapters import load_adapter, prepare_for_inference,
 from llm_companion.finetune.dpo import (
     PairExample,
     PreferenceDataError,
+    adapter_state,
     adapters_disabled,
+    answer_logprobs,
     collate_pairs,
     dpo_loss,
     encode_pairs,
+    implicit_rewards,
     pair_logprobs,
     preference_metrics,
     reference_logprobs,
     response_logprobs,
     split_preferences,
+    swapped_adapters,
     train_dpo,
     validate_preferences,
 )
@@ -208,6 +213,83 @@ def test_reference_cache_matches_the_base_models_log_probs_and_pairs_are_batched
     randomize_adapters(model)
     torch.testing.assert_close(reference_logprobs(model, pairs, batch_size=4), want, atol=1e-4, rtol=1e-5)
     assert not torch.allclose(pair_logprobs(model, pairs), want, atol=1e-2)
+
+
+def test_pair_logprobs_come_back_in_the_given_order_whatever_the_batching():
+    model = apply_lora(tiny_llama(), rank=4, alpha=8)
+    randomize_adapters(model)
+    pairs = random_pairs(9, seed=7)
+    one_by_one = torch.cat([pair_logprobs(model, [p]) for p in pairs])
+    torch.testing.assert_close(pair_logprobs(model, pairs, batch_size=4), one_by_one, atol=1e-4, rtol=1e-5)
+    assert one_by_one.shape == (9, 2) and not torch.allclose(one_by_one[0], one_by_one[1])
+
+
+def test_swapped_adapters_score_another_state_and_restore_the_current_one():
+    model = apply_lora(tiny_llama(), rank=4, alpha=8)
+    randomize_adapters(model, seed=3)
+    first = adapter_state(model)
+    pairs = random_pairs()
+    lp_first = pair_logprobs(model, pairs)
+    randomize_adapters(model, seed=4)
+    lp_second = pair_logprobs(model, pairs)
+    with swapped_adapters(model, first):
+        torch.testing.assert_close(pair_logprobs(model, pairs), lp_first)
+    torch.testing.assert_close(pair_logprobs(model, pairs), lp_second)
+    assert set(first) == {k for k in model.state_dict() if ".lora_" in k}
+    with pytest.raises(ValueError, match="apply_lora"):
+        adapter_state(tiny_llama())
+
+
+def test_precomputed_reference_equals_adapters_off_while_the_adapter_is_zero():
+    pairs = random_pairs(8)
+    runs = []
+    for reference in ("precomputed", None):
+        model = apply_lora(tiny_llama(), rank=4, alpha=8)        # lora_B = 0: the model is the base
+        ref = pair_logprobs(model, pairs) if reference else None
+        runs.append(train_dpo(model, pairs, beta=0.5, steps=3, lr=1e-2, batch_size=4, reference=ref))
+    assert runs[0].loss == pytest.approx(runs[1].loss, abs=1e-5)
+    assert runs[0].loss[0] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_chained_dpo_starts_at_log_2_against_the_sft_model_not_the_base():
+    """SFT then DPO: the reference is the adapter as SFT left it, so the first loss is log 2 exactly."""
+    pairs = random_pairs(8)
+    model = apply_lora(tiny_llama(), rank=4, alpha=8)
+    randomize_adapters(model)                                     # stands in for the SFT adapter
+    sft = adapter_state(model)
+    sft_ref = pair_logprobs(model, pairs)
+    chained = train_dpo(model, pairs, beta=0.5, steps=4, lr=1e-2, batch_size=8, reference=sft_ref)
+    assert chained.loss[0] == pytest.approx(math.log(2), abs=1e-5) and chained.accuracy[0] == 0.0
+    assert chained.loss[-1] < chained.loss[0]
+    assert not torch.equal(adapter_state(model)["blocks.0.attn.q.lora_B"], sft["blocks.0.attn.q.lora_B"])
+    model.load_state_dict(sft, strict=False)
+    against_base = train_dpo(model, pairs, beta=0.5, steps=1, lr=1e-2, batch_size=8)   # reference: adapters off
+    assert abs(against_base.loss[0] - math.log(2)) > 1e-3
+
+
+def test_implicit_rewards_against_a_given_reference_or_the_base(chatml_tokenizer):
+    recs = [{"instruction": "Say hi", "input": ""}, {"instruction": "Name a color", "input": "please"}]
+    answers = ["Hello there.", "Blue."]
+    cfg = CFG.replace(vocab_size=chatml_tokenizer.n_vocab, hidden_dim=64, context_length=128)
+    model = apply_lora(tiny_llama(cfg=cfg), rank=4, alpha=8)
+    randomize_adapters(model)
+    sft = adapter_state(model)
+    ref = answer_logprobs(model, chatml_tokenizer, recs, answers)
+    assert ref.shape == (2,) and (ref < 0).all()
+    assert torch.equal(implicit_rewards(model, chatml_tokenizer, recs, answers, beta=0.1, reference=ref),
+                       torch.zeros(2))
+    randomize_adapters(model, seed=9)
+    pol = answer_logprobs(model, chatml_tokenizer, recs, answers)
+    with swapped_adapters(model, sft):
+        torch.testing.assert_close(answer_logprobs(model, chatml_tokenizer, recs, answers), ref)
+    torch.testing.assert_close(implicit_rewards(model, chatml_tokenizer, recs, answers, beta=0.1, reference=ref),
+                               0.1 * (pol - ref))
+    with adapters_disabled(model):
+        base = answer_logprobs(model, chatml_tokenizer, recs, answers)
+    torch.testing.assert_close(implicit_rewards(model, chatml_tokenizer, recs, answers, beta=0.1),
+                               0.1 * (pol - base))
+    with pytest.raises(ValueError, match="reference has shape"):
+        implicit_rewards(model, chatml_tokenizer, recs, answers, beta=0.1, reference=ref[:1])
 
 
 @pytest.mark.slow

@@ -183,3 +183,11 @@ def test_smollm2_int8_logits_near_fp32_and_greedy_agrees(smollm2_pair):
     # greedy runs agree at first and may part at a near tie later (here after 3 tokens: "of the RGB" / ":")
     assert new_ref.tolist() == new_q.tolist(), (tokenizer.decode(new_ref.tolist()), tokenizer.decode(new_q.tolist()))
     assert weight_bytes_per_token(model) < weight_bytes_per_token(ref) / 3.5
+
+
+def test_q4_layer_dequantizes_its_packed_codes_exactly():
+    # the layer's in-place unpacking (what every prefill runs) equals dequantize_q4 of quantize_q4's codes
+    torch.manual_seed(3)
+    base = nn.Linear(96, 40)
+    codes, scale, minimum = quantize_q4(base.weight)
+    assert torch.equal(Q4Linear(base).dequantize(), dequantize_q4(codes, scale, minimum))

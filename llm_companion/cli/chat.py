@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling (default 123)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     p.add_argument("--adapter", type=Path, default=None, metavar="DIR",
-                   help="a LoRA adapter folder written by `llm-companion finetune` (chapter 10)")
+                   help="a LoRA adapter folder in peft's format, written by `llm-companion finetune` (chapter 10) "
+                        "or by peft's save_pretrained")
     add_weights_argument(p)
 
 

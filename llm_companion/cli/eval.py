@@ -1,4 +1,8 @@
-"""``llm-companion eval``: a model's report card on the standard sets (chapter 9)."""
+"""``llm-companion eval``: a model's report card on the standard sets (chapter 9).
+
+``--adapter DIR`` scores the model with a LoRA adapter in peft's format applied (chapter 10's tuned SmolLM2);
+the row is named after the model and the adapter's folder, and the score cache keys on the adapted weights.
+"""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score N items per task, chosen by a fixed seeded rule (default: every item)")
     p.add_argument("--seed", type=int, default=0, help="seed of the item choice (default 0)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="write the report card as JSON here")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder (peft's format, e.g. from `llm-companion finetune`) to score the "
+                        "base model with")
     add_weights_argument(p)
     p.add_argument("--no-cache", action="store_true",
                    help="do not read or write the score cache (data/eval-cache/, or $LLM_COMPANION_EVAL_CACHE)")
@@ -67,7 +74,9 @@ def main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be a positive number of items, got {args.limit}")
     model, tokenizer, name = load_for_eval(args.model)
-    model = prepare_for_inference(model, weights=args.weights)
+    model = prepare_for_inference(model, adapter=args.adapter, weights=args.weights)
+    if args.adapter is not None:
+        name = f"{name} + adapter {Path(args.adapter).name}"
     if quantizes(args.weights):
         name = f"{name} [{args.weights}]"
     result = evaluate(model, tokenizer, tasks, limit=args.limit, seed=args.seed, name=name,

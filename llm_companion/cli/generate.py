@@ -80,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--show-model", action="store_true", help="print which weights ran (to stderr) first")
     p.add_argument("--adapter", default=None, metavar="DIR",
-                   help="a LoRA adapter folder written by `llm-companion finetune` (chapter 10)")
+                   help="a LoRA adapter folder in peft's format, written by `llm-companion finetune` (chapter 10) "
+                        "or by peft's save_pretrained")
     add_weights_argument(p)
 
 

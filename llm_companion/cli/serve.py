@@ -14,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2", metavar="smollm2|assistant|DIR",
                    help="smollm2 (SmolLM2-135M-Instruct, chapter 8; default), assistant (models/assistant, "
                         "chapter 7) or a directory written by save_assistant")
-    p.add_argument("--adapter", default=None, metavar="DIR", help="apply a saved LoRA adapter (save_adapter)")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder in peft's format (`llm-companion finetune`, save_adapter or peft) "
+                        "to apply")
     add_weights_argument(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")

@@ -18,7 +18,7 @@ from torch import nn
 from llm_companion.data.artifacts import fetch
 from llm_companion.data.download import data_dir
 from llm_companion.evaluation.bpb import bits_per_byte
-from llm_companion.evaluation.scoring import score_choices, split_request
+from llm_companion.evaluation.scoring import score_batch, score_choices, split_request
 from llm_companion.evaluation.stats import wilson_interval
 from llm_companion.evaluation.tasks import Item, check_tasks, load_task, select
 from llm_companion.progress import progress
@@ -94,6 +94,24 @@ def score_item(model: nn.Module, tokenizer, item: Item) -> dict:
             "tokens": [s.n_tokens for s in scores], "truncated": truncated}
 
 
+def score_items(model: nn.Module, tokenizer, items: list[Item], max_tokens: int = 1024) -> list[dict]:
+    """:func:`score_item` of many items through :func:`score_batch`: the same numbers (to float rounding),
+    with the items' sequences packed into batches instead of one item per forward."""
+    requests, spans = [], []
+    for item in items:
+        pairs = [split_request(tokenizer, item.context, c) for c in item.choices]
+        spans.append((len(requests), pairs))
+        requests.extend(pairs)
+    scores = score_batch(model, requests, max_tokens)
+    rows = []
+    for item, (start, pairs) in zip(items, spans, strict=True):
+        mine = scores[start:start + len(pairs)]
+        truncated = len(pairs[0][0]) + max(len(p[1]) for p in pairs) - 1 > model.cfg.context_length
+        rows.append({"key": _key(item), "ll": [s.logprob for s in mine], "greedy": [s.greedy for s in mine],
+                     "tokens": [s.n_tokens for s in mine], "truncated": truncated})
+    return rows
+
+
 def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # first of ties, as numpy's argmax
 
@@ -129,6 +147,8 @@ def summarize(task: str, items: list[Item], rows: list[dict]) -> dict:
     result = {"n": n, "acc": right / n if n else float("nan"),
               "acc_norm": (right_norm / n if n else float("nan")) if task not in ("blimp", "lambada") else None,
               "ci95": list(wilson_interval(right, n)), "truncated": truncated, "items": out_items}
+    # acc_norm gets its own interval, so a number quoted with an interval is never another metric's
+    result["ci95_norm"] = list(wilson_interval(right_norm, n)) if result["acc_norm"] is not None else None
     if task == "lambada" and n:
         result["perplexity"] = math.exp(-ll_sum / n)          # per last word, as the GPT-2 paper reports
         result["token_perplexity"] = math.exp(-ll_sum / max(n_tok, 1))
@@ -143,20 +163,21 @@ def summarize(task: str, items: list[Item], rows: list[dict]) -> dict:
 def _bpb_task(model, tokenizer) -> dict:
     text = Path(fetch("the-verdict")).read_text(encoding="utf-8")
     r = bits_per_byte(model, tokenizer, text, desc="bpb")
-    return {"n": r["tokens"], "acc": None, "acc_norm": None, "ci95": None, "items": [], "text": "the-verdict",
-            **r}
+    return {"n": r["tokens"], "acc": None, "acc_norm": None, "ci95": None, "ci95_norm": None, "items": [],
+            "text": "the-verdict", **r}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, tokenizer, tasks, limit: int | None = None, seed: int = 0,
              name: str | None = None, *, cache_dir: str | os.PathLike | None | bool = None,
-             items: dict[str, list[Item]] | None = None) -> dict:
+             items: dict[str, list[Item]] | None = None, batch_tokens: int | None = None) -> dict:
     """Score ``model`` on ``tasks`` (names or a comma list; see :data:`~.tasks.TASKS`) and return
     ``{"model": name, "tasks": {task: {"n", "acc", "acc_norm", "ci95", "items", ...}}}``.
 
     ``limit`` items per task are chosen by a seeded rule (:func:`~.tasks.select`), the same for every model.
     ``cache_dir`` (default ``data/eval-cache``; ``False`` for none) keeps per-item scores so a run resumes.
-    ``items`` supplies a task's items directly (tests, or your own set).
+    ``items`` supplies a task's items directly (tests, or your own set). ``batch_tokens`` scores several
+    items per forward (:func:`score_items`, batches of that many positions) instead of one item at a time.
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be a positive number of items, got {limit}")
@@ -179,10 +200,17 @@ def evaluate(model: nn.Module, tokenizer, tasks, limit: int | None = None, seed:
             done = len(chosen) - len(todo)
             # the bar counts cached items as done, so its rate is that of the items scored now
             desc = f"{task} ({done:,} cached)" if done else task
+            step = 64 if batch_tokens else 1  # items per round: a cache write and a bar update after each
             try:
-                for i in progress(todo, desc=desc, unit="item", total=len(chosen), initial=done):
-                    rows[i] = score_item(model, tokenizer, chosen[i])
-                    cache.put(rows[i])
+                with progress(total=len(chosen), initial=done, desc=desc, unit="item") as bar:
+                    for at in range(0, len(todo), step):
+                        part = todo[at:at + step]
+                        got = (score_items(model, tokenizer, [chosen[i] for i in part], batch_tokens)
+                               if batch_tokens else [score_item(model, tokenizer, chosen[part[0]])])
+                        for i, row in zip(part, got, strict=True):
+                            rows[i] = row
+                            cache.put(row)
+                        bar.update(len(part))
             finally:
                 cache.close()
             report["tasks"][task] = summarize(task, chosen, rows)

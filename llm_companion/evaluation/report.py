@@ -21,10 +21,16 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+def _interval(ci) -> str:
+    return "–" if ci is None else f"{_pct(ci[0])}–{_pct(ci[1])}"
+
+
 def markdown_table(result: dict) -> str:
-    """One row per task: n, acc with its Wilson 95% interval, acc_norm, and the task's own extra number."""
+    """One row per task: n, acc and acc_norm each with its own Wilson 95% interval, and the task's own extra
+    number."""
     lines = [f"**{result['model']}**", "",
-             "| task | n | acc % | 95% CI | acc_norm % | other |", "|---|---:|---:|---|---:|---|"]
+             "| task | n | acc % | acc 95% CI | acc_norm % | acc_norm 95% CI | other |",
+             "|---|---:|---:|---|---:|---|---|"]
     for task, r in result["tasks"].items():
         other = ""
         if task == "lambada" and "perplexity" in r:
@@ -33,8 +39,8 @@ def markdown_table(result: dict) -> str:
             other = f"{r['bits_per_byte']:.3f} bits/byte on {r['text']} ({r['bytes']:,} bytes)"
         if r.get("truncated"):
             other += f"{'; ' if other else ''}{r['truncated']} truncated from the left"
-        ci = "–" if r["ci95"] is None else f"{_pct(r['ci95'][0])}–{_pct(r['ci95'][1])}"
-        lines.append(f"| {task} | {r['n']:,} | {_pct(r['acc'])} | {ci} | {_pct(r['acc_norm'])} | {other} |")
+        ci, ci_norm = (_interval(r.get(key)) for key in ("ci95", "ci95_norm"))
+        lines.append(f"| {task} | {r['n']:,} | {_pct(r['acc'])} | {ci} | {_pct(r['acc_norm'])} | {ci_norm} | {other} |")
     return "\n".join(lines)
 
 

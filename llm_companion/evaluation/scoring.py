@@ -131,3 +131,44 @@ def score_texts(model: nn.Module, tokenizer, context: str, continuations: list[s
     pairs = [split_request(tokenizer, context, c) for c in continuations]
     ctx = pairs[0][0]
     return score_choices(model, ctx, [p[1] for p in pairs])
+
+
+@torch.no_grad()
+def score_batch(model: nn.Module, requests: list[tuple[list[int], list[int]]],
+                max_tokens: int = 1024) -> list[Score]:
+    """:func:`score_plain` of many (context, continuation) requests, several sequences per forward.
+
+    Each request runs as its own right-padded row (padding after the real tokens, which causal attention
+    never lets them see), left-truncated as lm-eval does. Rows are grouped by length into batches of at
+    most ``max_tokens`` positions: for a small model on a CPU this turns many one-row products into a few
+    large ones (a batch holds the logits of ``max_tokens`` positions, so it bounds memory too).
+    """
+    n_ctx = context_length(model)
+    rows = []
+    for ctx, cont in requests:
+        if not ctx or not cont:
+            raise ValueError("every request needs a non-empty context and continuation (see split_request)")
+        whole = (list(ctx) + list(cont))[-(n_ctx + 1):]
+        rows.append((whole, min(len(cont), len(whole) - 1)))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    scores: list[Score | None] = [None] * len(rows)
+    device = _device(model)
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop - start + 1) * (len(rows[order[stop]][0]) - 1) <= max_tokens:
+            stop += 1
+        batch = order[start:stop]
+        longest = max(len(rows[i][0]) - 1 for i in batch)
+        inp = torch.zeros(len(batch), longest, dtype=torch.long, device=device)
+        for b, i in enumerate(batch):
+            inp[b, :len(rows[i][0]) - 1] = torch.tensor(rows[i][0][:-1])
+        logits = model(inp)                                                  # (B, T, V)
+        for b, i in enumerate(batch):
+            whole, n = rows[i]
+            end = len(whole) - 1
+            lp = _logprobs(logits[b, end - n:end])                           # (n, V)
+            target = torch.tensor(whole[-n:], device=device)
+            scores[i] = Score(lp.gather(1, target[:, None]).sum().item(), bool((lp.argmax(-1) == target).all()), n)
+        start = stop
+    return scores

@@ -4,6 +4,7 @@
 library) and ``assistant.json`` (prompt style, tokenizer, base weights, notes); :func:`load_assistant` reads
 it back for chapters 7-10, ``llm-companion chat``/``serve``/``eval`` (:func:`tokenizer_for` gives its
 tokenizer), and :func:`llm_companion.serving.chat.stream_reply` answers in that style.
+:func:`describe_assistant` names which assistant a chapter is using, in one line.
 """
 from __future__ import annotations
 
@@ -84,3 +85,19 @@ def tokenizer_for(meta: dict[str, Any]):
     if name != "gpt2":
         raise ValueError(f"the assistant needs tokenizer {name!r}, which this library does not provide")
     return gpt2_tokenizer()
+
+
+def describe_assistant(meta: dict[str, Any]) -> str:
+    """One line naming a saved assistant: how it was tuned, from which weights, and why it was kept.
+
+    Reads ``notes["recipe"]`` and ``notes["chosen_by"]`` (chapter 7 writes both) and the base weights'
+    name; an assistant saved without them says so rather than guessing.
+    """
+    notes = meta.get("notes") or {}
+    base = meta.get("base")
+    name = (base.get("name") or base.get("weights")) if isinstance(base, dict) else base
+    line = f"{notes.get('recipe') or 'tuning recipe not recorded'}, from {name or 'unrecorded base weights'}"
+    if notes.get("chosen_by"):
+        line += f"; kept because {notes['chosen_by']}"
+    return line
+

@@ -6,10 +6,16 @@ DPO writes the reward as a log-ratio of the policy being trained to a frozen ref
 
     loss = −log σ(β · [(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))])
 
-``log π(y|x)`` is the sum of the log-probabilities of the *response* tokens only. Here the policy is the model
-with LoRA adapters and the reference is the same network with its adapters switched off
-(:func:`adapters_disabled`), so no second copy sits in memory; the reference never changes, so its
-log-probabilities are computed once per pair (:func:`reference_logprobs`) and cached.
+``log π(y|x)`` is the sum of the log-probabilities of the *response* tokens only. The reference never
+changes, so its log-probabilities are computed once per pair and cached; no second copy of the model sits in
+memory. Two references, one network with LoRA adapters:
+
+- the base model: the same network with its adapters switched off (:func:`adapters_disabled`,
+  :func:`reference_logprobs`);
+- the model after instruction tuning (SFT then DPO, the order the field chains them): the adapters as SFT
+  left them, scored once with :func:`pair_logprobs` before DPO trains the *same* adapters further
+  (``train_dpo(..., reference=...)``). The final adapter then still applies to the untouched base model.
+  :func:`adapter_state` and :func:`swapped_adapters` move between adapter states.
 
 Data: the preference set of the reference book (``instruction-data-with-preference.json``: chapter 7's
 records, each with a ``chosen`` (polite) and a ``rejected`` (impolite) answer), split 85/5/10 by
@@ -177,22 +183,48 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             _set_submodule(model, name, layer)
 
 
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's LoRA matrices (``lora_A``/``lora_B`` of every adapted layer), to restore later."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+    if not state:
+        raise ValueError("the model has no LoRA adapters; call apply_lora(model, ...) first")
+    return state
+
+
+@contextlib.contextmanager
+def swapped_adapters(model: nn.Module, state: dict[str, torch.Tensor]) -> Iterator[nn.Module]:
+    """Inside the block the adapters hold ``state`` (from :func:`adapter_state`); on exit, what they held.
+
+    E.g. the SFT model (the reference of chained DPO) scored again after DPO moved the adapters.
+    """
+    current = adapter_state(model)
+    model.load_state_dict(state, strict=False)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(current, strict=False)
+
+
 @torch.no_grad()
 def pair_logprobs(model: nn.Module, pairs: Sequence[PairExample], *, batch_size: int = 8, pad_id: int = 0,
                   desc: str = "log-probs") -> torch.Tensor:
-    """``(N, 2)``: log-probs of the chosen (column 0) and rejected (column 1) answer of every pair."""
+    """``(N, 2)``: log-probs of the chosen (column 0) and rejected (column 1) answer of every pair.
+
+    Pairs are batched in order of length, so a batch pads little; the rows come back in the given order.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + max(map(len, pairs[i][1:])))
+    out = torch.empty(len(pairs), 2)
     starts = range(0, len(pairs), batch_size)
     for s in progress(starts, desc=desc, unit="batch", disable=len(starts) < 2):
-        batch = pairs[s:s + batch_size]
-        ids, mask = collate_pairs(batch, pad_id=pad_id)
-        lp = response_logprobs(model, ids.to(device), mask.to(device)).cpu()
-        out.append(torch.stack([lp[:len(batch)], lp[len(batch):]], 1))
+        rows = order[s:s + batch_size]
+        ids, mask = collate_pairs([pairs[i] for i in rows], pad_id=pad_id)
+        lp = response_logprobs(model, ids.to(device), mask.to(device)).float().cpu()
+        out[rows] = torch.stack([lp[:len(rows)], lp[len(rows):]], 1)
     model.train(was_training)
-    return torch.cat(out)
+    return out
 
 
 def reference_logprobs(model: nn.Module, pairs: Sequence[PairExample], **kwargs) -> torch.Tensor:
@@ -250,7 +282,9 @@ def train_dpo(model: nn.Module, pairs: Sequence[PairExample], *, beta: float = 0
               seed: int = 123) -> DPORun:
     """Train ``model``'s LoRA adapters with the DPO loss on ``pairs`` for ``steps`` optimizer steps.
 
-    ``reference`` is the (N, 2) cache of :func:`reference_logprobs` (computed here when not given). The
+    ``reference`` is the (N, 2) log-probs of the reference model on ``pairs``: :func:`pair_logprobs` of the
+    SFT model to chain DPO after SFT (the adapters then start where SFT left them, so the first loss is
+    log 2); when not given, :func:`reference_logprobs` (the base model, adapters off) computed here. The
     loop is the library's :func:`~llm_companion.training.loop.train` with the DPO loss as its ``loss_fn``.
     """
     from torch.utils.data import DataLoader
@@ -295,13 +329,9 @@ def train_dpo(model: nn.Module, pairs: Sequence[PairExample], *, beta: float = 0
 
 
 @torch.no_grad()
-def implicit_rewards(model: nn.Module, tokenizer, records: Sequence[dict], answers: Sequence[str], *,
-                     beta: float, batch_size: int = 8) -> torch.Tensor:
-    """``β · (log π(y|x) − log π_ref(y|x))`` of each answer to its record's prompt, (N,).
-
-    The reward DPO's policy implicitly assigns: a score of *any* answer, e.g. generated ones.
-    """
-    beta = check_beta(beta)
+def answer_logprobs(model: nn.Module, tokenizer, records: Sequence[dict], answers: Sequence[str], *,
+                    batch_size: int = 8) -> torch.Tensor:
+    """``log π(y|x)`` of each answer (ended by the end token) to its record's prompt, under ``model``, (N,)."""
     stop = end_id(tokenizer)
     seqs = [(prompt_ids(tokenizer, r), answer_ids(tokenizer, a) + [stop]) for r, a in zip(records, answers)]
     device = next(model.parameters()).device
@@ -310,10 +340,24 @@ def implicit_rewards(model: nn.Module, tokenizer, records: Sequence[dict], answe
     out = []
     for s in range(0, len(seqs), batch_size):
         ids, mask = collate_responses(seqs[s:s + batch_size])
-        ids, mask = ids.to(device), mask.to(device)
-        pol = response_logprobs(model, ids, mask)
-        with adapters_disabled(model):
-            ref = response_logprobs(model, ids, mask)
-        out.append((beta * (pol - ref)).cpu())
+        out.append(response_logprobs(model, ids.to(device), mask.to(device)).float().cpu())
     model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def implicit_rewards(model: nn.Module, tokenizer, records: Sequence[dict], answers: Sequence[str], *,
+                     beta: float, reference: torch.Tensor | None = None, batch_size: int = 8) -> torch.Tensor:
+    """``β · (log π(y|x) − log π_ref(y|x))`` of each answer to its record's prompt, (N,).
+
+    The reward DPO's policy implicitly assigns: a score of *any* answer, e.g. generated ones. ``reference``
+    is the reference's :func:`answer_logprobs` of the same answers (e.g. the SFT model's, through
+    :func:`swapped_adapters`); when not given, the base model's (adapters off).
+    """
+    beta = check_beta(beta)
+    policy = answer_logprobs(model, tokenizer, records, answers, batch_size=batch_size)
+    if reference is None:
+        with adapters_disabled(model):
+            reference = answer_logprobs(model, tokenizer, records, answers, batch_size=batch_size)
+    if reference.shape != policy.shape:
+        raise ValueError(f"reference has shape {tuple(reference.shape)}, expected {tuple(policy.shape)}")
+    return beta * (policy - reference)

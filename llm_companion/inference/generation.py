@@ -3,8 +3,8 @@
 Prompts longer than the model's context keep their last ``context_length`` tokens; once a sequence grows
 past the context, each step sees the last ``context_length`` tokens (the cache is rebuilt for that window,
 so cached and uncached generation give the same tokens). By default every step runs the model's own
-``forward``; ``fast=True`` takes the speed paths of :mod:`llm_companion.inference.fast` (same tokens, faster), which
-the chat, serving and evaluation commands use.
+``forward``; ``fast=True`` runs each one-token step as the compiled step of :mod:`llm_companion.inference.fast`
+(same tokens, faster, for fp32 and quantized weights alike), which the chat, serving and evaluation commands use.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temper
     ``temperature=0`` is greedy decoding (``top_k``/``top_p`` are then irrelevant). Generation stops early
     once every row has produced ``eos_id``. Prompts longer than the context keep their last
     ``context_length`` tokens for the model, but the returned tensor starts with the whole prompt.
-    ``fast=True`` computes the same logits through :mod:`llm_companion.inference.fast`.
+    ``fast=True`` computes the same logits through the compiled step of :mod:`llm_companion.inference.fast`.
     """
     new = list(_token_steps(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             eos_id=eos_id, use_cache=use_cache, generator=generator, fast=fast))

@@ -25,6 +25,7 @@ from llm_companion.models.gguf_checkpoint import load_llama_gguf
 from llm_companion.models.llama import LlamaModel
 
 SMOLLM2 = "smollm2-135m-instruct"   # the artifact name
+SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"   # the same model on the Hugging Face hub
 SMOLLM2_NAMES = ("smollm2", SMOLLM2)   # what `llm-companion chat|generate --model` accepts for it
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 _SYSTEM_IN_TEMPLATE = re.compile(re.escape(IM_START) + r"system\n(.*?)" + re.escape(IM_END), re.S)
@@ -106,10 +107,13 @@ def load_smollm2(dtype: torch.dtype = torch.float32, *, device: str | torch.devi
 
     ``path`` loads another copy of a SmolLM2 GGUF instead of the artifact.
     """
-    path = Path(path) if path is not None else fetch(SMOLLM2)
+    artifact = path is None
+    path = fetch(SMOLLM2) if artifact else Path(path)
     contents = read_gguf(path)
     model = load_llama_gguf(contents, dtype, device=device)
     tokenizer = gguf_tokenizer(contents)
+    # an adapter saved from this model names its base the way peft and the Hugging Face hub do
+    model.name_or_path = SMOLLM2_HF_ID if artifact else str(path)
     kinds = [t.type_name for t in contents.tensors.values() if len(t.shape) == 2]
     info = SmolLM2Info(path=path, name=str(contents.metadata.get("general.name", path.stem)),
                        quantization=max(set(kinds), key=kinds.count), n_parameters=model.num_parameters(),

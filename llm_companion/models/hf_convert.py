@@ -1,4 +1,4 @@
-"""Convert Hugging Face GPT-2 checkpoints (config and state dict) into :class:`GPTModel`.
+"""Convert Hugging Face checkpoints into our models: GPT-2 into :class:`GPTModel`, Llama into :class:`LlamaModel`.
 
 Hugging Face's ``GPT2LMHeadModel`` stores the same numbers as our model under other names, and its
 ``Conv1D`` layers keep weights as ``(in, out)`` where ``nn.Linear`` keeps ``(out, in)``:
@@ -22,6 +22,13 @@ Keys may carry the ``transformer.`` prefix (``GPT2LMHeadModel``) or not (``GPT2M
 of the hub). HF's ``attn.bias``/``attn.masked_bias`` entries are constant causal-mask buffers, not weights,
 and are ignored. Chapter 2 derives attention with separate ``W_q, W_k, W_v``; :func:`split_qkv` cuts a
 fused ``qkv`` weight or bias into those three.
+
+**Llama** (``LlamaForCausalLM``, SmolLM2's class): the same layout under other names, module by module
+(``LLAMA_BLOCK_MODULES``): ``model.layers.{i}.self_attn.q_proj`` is ``blocks.{i}.attn.q`` (k, v, o alike),
+``mlp.{gate,up,down}_proj`` is ``ffn.{gate,up,down}``, ``input_layernorm`` / ``post_attention_layernorm`` are
+``attn_norm`` / ``ffn_norm``, ``model.embed_tokens`` / ``model.norm`` / ``lm_head`` are ``tok_emb`` /
+``final_norm`` / ``out_head``. :func:`hf_module_name` and :func:`our_module_name` map module names both ways
+for either architecture; LoRA adapters in peft's format (:mod:`llm_companion.finetune.adapters`) use them.
 """
 from __future__ import annotations
 
@@ -30,9 +37,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from llm_companion.models.config import GPTConfig
 from llm_companion.models.gpt import GPTModel
+from llm_companion.models.llama import LlamaConfig, LlamaModel
 
 
 class ConversionError(ValueError):
@@ -145,8 +154,8 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], **overrides: Any) -> 
     return GPTConfig(**{**fields, **overrides})
 
 
-def load_converted(model: GPTModel, sd: Mapping[str, torch.Tensor]) -> GPTModel:
-    """Copy a state dict in our layout into ``model``, checking every name and shape first."""
+def load_converted(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Copy a state dict in our layout into ``model`` (a GPT or Llama model), checking every name and shape first."""
     expected = model.state_dict()
     sd = dict(sd)
     if model.cfg.tie_weights:
@@ -159,10 +168,10 @@ def load_converted(model: GPTModel, sd: Mapping[str, torch.Tensor]) -> GPTModel:
     unexpected = sorted(set(sd) - set(expected))
     if missing:
         raise ConversionError(f"checkpoint lacks {len(missing)} tensor(s), first {missing[0]!r}; "
-                              f"does the config (n_layers, qkv_bias, tie_weights) match the checkpoint?")
+                              f"does the config (n_layers, biases, tie_weights) match the checkpoint?")
     if unexpected:
         raise ConversionError(f"checkpoint has {len(unexpected)} tensor(s) the model lacks, first "
-                              f"{unexpected[0]!r}; does the config (n_layers, qkv_bias) match the checkpoint?")
+                              f"{unexpected[0]!r}; does the config (n_layers, biases) match the checkpoint?")
     for name, tensor in sd.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise ConversionError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape "
@@ -201,3 +210,109 @@ def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         raise ConversionError(f"W_q, W_k, W_v must share a shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                               f"{tuple(v.shape)}")
     return torch.cat([q, k, v], dim=0)
+
+
+# --------------------------------------------------------------------------------------------- Llama
+# transformers' LlamaForCausalLM (SmolLM2's class) holds the same numbers as LlamaModel under other names, in the
+# same layout: nn.Linear weights (out, in) and Q/K rows in the rotate-halves order that apply_rope expects (only
+# GGUF files permute them). So converting is renaming, per module:
+LLAMA_BLOCK_MODULES = {  # HF module (under model.layers.{i}.) → ours (under blocks.{i}.)
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k",
+    "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.o", "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn.gate", "mlp.up_proj": "ffn.up", "mlp.down_proj": "ffn.down",
+}
+LLAMA_TOP_MODULES = {"model.embed_tokens": "tok_emb", "model.norm": "final_norm", "lm_head": "out_head"}
+# GPT-2's modules (for LoRA adapters; the weights themselves go through state_dict_from_hf, which transposes)
+GPT2_BLOCK_MODULES = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "ff.fc",
+                      "mlp.c_proj": "ff.proj", "ln_1": "norm1", "ln_2": "norm2"}
+GPT2_TOP_MODULES = {"transformer.wte": "tok_emb", "transformer.wpe": "pos_emb", "transformer.ln_f": "final_norm",
+                    "lm_head": "out_head"}
+_MODULE_MAPS = {  # arch → (HF block prefix, HF block modules, HF top-level modules)
+    "llama": ("model.layers.", LLAMA_BLOCK_MODULES, LLAMA_TOP_MODULES),
+    "gpt2": ("transformer.h.", GPT2_BLOCK_MODULES, GPT2_TOP_MODULES),
+}
+
+
+def hf_module_name(name: str, arch: str) -> str | None:
+    """The Hugging Face name of our module ``name`` (``blocks.0.attn.q`` → ``model.layers.0.self_attn.q_proj``
+    for ``arch="llama"``; ``blocks.0.attn.qkv`` → ``transformer.h.0.attn.c_attn`` for ``"gpt2"``); None if
+    it has no counterpart."""
+    prefix, block, top = _MODULE_MAPS[arch]
+    m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
+    if m:
+        theirs = {ours: hf for hf, ours in block.items()}.get(m.group(2))
+        return f"{prefix}{m.group(1)}.{theirs}" if theirs else None
+    return {ours: hf for hf, ours in top.items()}.get(name)
+
+
+def our_module_name(hf_name: str, arch: str) -> str | None:
+    """Inverse of :func:`hf_module_name`: our module for a Hugging Face one (None if we have none)."""
+    prefix, block, top = _MODULE_MAPS[arch]
+    m = re.match(rf"^{re.escape(prefix)}(\d+)\.(.+)$", hf_name)
+    if m:
+        ours = block.get(m.group(2))
+        return f"blocks.{m.group(1)}.{ours}" if ours else None
+    return top.get(hf_name)
+
+
+def llama_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A :class:`LlamaConfig` from a Hugging Face Llama ``config.json`` dictionary (``LlamaConfig.to_dict()``).
+
+    Refuses what :class:`LlamaModel` does not compute: RoPE scaling, biases, another activation or head size.
+    """
+    def get(name: str) -> Any:
+        if hf_config.get(name) is None:
+            raise ConversionError(f"the Hugging Face config has no {name!r}; is it a Llama config.json?")
+        return hf_config[name]
+
+    rope = dict(hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {})  # 5.x keeps theta here
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ConversionError(f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r} is not supported; "
+                              f"LlamaModel computes plain RoPE")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf_config.get(flag):
+            raise ConversionError(f"{flag}=True is not supported; LlamaModel has no biases")
+    if hf_config.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"hidden_act {hf_config['hidden_act']!r} is not supported; SwiGLU uses silu")
+    emb, heads = int(get("hidden_size")), int(get("num_attention_heads"))
+    if hf_config.get("head_dim") not in (None, emb // heads):
+        raise ConversionError(f"head_dim {hf_config['head_dim']} != hidden_size / num_attention_heads "
+                              f"({emb // heads}); LlamaModel derives the head size")
+    fields = dict(
+        vocab_size=int(get("vocab_size")), context_length=int(get("max_position_embeddings")), emb_dim=emb,
+        n_heads=heads, n_kv_heads=int(hf_config.get("num_key_value_heads") or heads),
+        n_layers=int(get("num_hidden_layers")), hidden_dim=int(get("intermediate_size")),
+        rope_theta=float(rope.get("rope_theta", hf_config.get("rope_theta", 10000.0))),
+        norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
+        tie_weights=bool(hf_config.get("tie_word_embeddings", False)),
+    )
+    return LlamaConfig(**{**fields, **overrides})
+
+
+def llama_state_dict_from_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face Llama state dict into :class:`LlamaModel`'s keys (no transposes are needed).
+
+    ``rotary_emb.inv_freq`` buffers are skipped (we compute the angles); unknown keys raise
+    :class:`ConversionError`.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in sd.items():
+        if key.endswith("rotary_emb.inv_freq"):
+            continue
+        module, _, param = key.rpartition(".")
+        ours = our_module_name(module, "llama")
+        if ours is None or param != "weight":
+            raise ConversionError(f"unexpected key {key!r}: not part of a Llama checkpoint LlamaModel can hold")
+        out[f"{ours}.{param}"] = tensor
+    return out
+
+
+def llama_from_hf_state_dict(sd: Mapping[str, torch.Tensor], cfg: LlamaConfig) -> LlamaModel:
+    """A :class:`LlamaModel` (eval mode) holding the weights of a Hugging Face Llama state dict.
+
+    With ``cfg.tie_weights`` a ``lm_head.weight`` must equal the embedding (transformers lists it either way).
+    """
+    ours = llama_state_dict_from_hf(sd)
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; leave the caller's RNG alone
+        model = LlamaModel(cfg)
+    return load_converted(model, ours).eval()

@@ -13,8 +13,8 @@ What changes from GPT-2 (:mod:`llm_companion.models.gpt`), one piece at a time:
 ``LlamaModel`` speaks the same protocol as ``GPTModel`` (``forward(idx, cache, last_only=...)``,
 ``new_cache``, ``cfg.context_length``), so :func:`llm_companion.inference.generation.generate` runs both, and both use
 one :class:`~llm_companion.models.kv_cache.KVCache`. :func:`~llm_companion.models.gguf_checkpoint.load_llama_gguf`
-fills one from a llama.cpp GGUF file (e.g. SmolLM2-135M-Instruct in Q4_1). The faster decoding step that
-generation can opt into lives in :mod:`llm_companion.inference.fast`.
+fills one from a llama.cpp GGUF file (e.g. SmolLM2-135M-Instruct in Q4_1). The compiled decoding step that
+generation can opt into (the same arithmetic, one function of tensors) lives in :mod:`llm_companion.inference.fast`.
 """
 from __future__ import annotations
 
@@ -130,8 +130,6 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and hasattr(F, "rms_norm"):  # the same formula, one op (torch >= 2.4)
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()  # the mean of squares in fp32 even for a bf16 model (as Llama's reference code)
         h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
