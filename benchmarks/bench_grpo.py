@@ -1,9 +1,10 @@
 """GRPO training speed (seconds per step, completions/s): ours against TRL's ``GRPOTrainer`` with ``peft`` LoRA.
 
 Same model (SmolLM2-135M-Instruct from the same GGUF, dequantized to fp32, in both), same prompts (the first
-``--prompts`` training problems of chapter 11's task, in SmolLM2's chat template), same verifier reward, group
-size, prompts per step, completion length, temperature, learning rate, LoRA (rank, alpha, layers), β = 0,
-token-level loss (TRL's default ``loss_type="dapo"``; ours ``level="token"``) and number of steps.
+``--prompts`` training problems of chapter 11's task, in SmolLM2's chat template), same verifier reward (right,
+and ended within the token budget), group size, prompts per step, completion length, temperature, learning rate,
+LoRA (rank, alpha, layers), β = 0, token-level loss (TRL's default ``loss_type="dapo"``; ours ``level="token"``)
+and number of steps.
 
 * ours: ``llm_companion.rl.trainer.train_grpo``: one prefill per prompt shared by its group, the group decoded as
   a batch with the KV cache, LoRA adapters on our Llama;
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         lengths["ours"] += hist.column("length")
         return time.perf_counter() - t0
 
-    def reward(prompts, completions, answer, **_):
-        return [1.0 if verify(c, a) else 0.0 for c, a in zip(completions, answer)]
+    def reward(prompts, completions, answer, completion_ids, **_):   # right, and ended within the budget (ours)
+        return [1.0 if verify(c, a) and ids and ids[-1] == tok.eos_token_id else 0.0
+                for c, a, ids in zip(completions, answer, completion_ids)]
 
     def run_trl() -> float:
         model = AutoModelForCausalLM.from_pretrained(info.path.parent, gguf_file=info.path.name,

@@ -114,7 +114,7 @@ def test_module_names_map_both_ways():
 
 # --------------------------------------------------------------------------------------------- peft oracle
 @pytest.mark.slow  # importing transformers and peft takes seconds
-@pytest.mark.parametrize("targets", [None, ["q", "v"], ["blocks.1.*"]])
+@pytest.mark.parametrize("targets", [None, ["q", "v"], ["blocks.1.*"], ["q", "k", "v", "o", "gate", "up", "down"]])
 def test_our_adapter_loads_in_peft_with_equal_logits(tmp_path, targets):
     peft = pytest.importorskip("peft")
     hf = hf_llama()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from llm_companion.models.llama import LLAMA_PRESETS, LlamaModel
-from llm_companion.rl.baselines import majority_answer, paired_comparison, pass_at_k
-from llm_companion.rl.sampling import expand_cache, greedy_replies, sample_group
+from llm_companion.rl.baselines import majority_answer, paired_comparison, pass_at_k, verifier_reward
+from llm_companion.rl.sampling import expand_cache, greedy_replies, sample_group, sample_groups
 from llm_companion.rl.tasks import TWO_DIGIT_SUMS, ArithmeticTask, TaskError, parse_number, reward, verify
 
 
@@ -116,6 +116,25 @@ def test_expanded_cache_continues_like_separate_prefills(tiny):
     torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-5)
 
 
+def test_expanded_batch_cache_keeps_each_prompt_with_its_rows(tiny):
+    prompts = torch.tensor([[5, 9, 2, 7, 1], [3, 3, 8, 6, 2]])
+    cache = tiny.new_cache(2, max_len=16)
+    tiny(prompts, cache, last_only=True)
+    expand_cache(cache, 2)                                                   # rows: p0, p0, p1, p1
+    nxt = torch.tensor([[4], [8], [11], [6]])
+    shared = tiny(nxt, cache, last_only=True)
+    alone = tiny(torch.cat([prompts.repeat_interleave(2, dim=0), nxt], dim=1), last_only=True)
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_groups_decoded_together_equal_groups_decoded_alone(tiny):
+    prompts = [[3, 4, 5], [7, 8, 9], [1, 2]]       # two of equal length share a batch, the third runs alone
+    together = sample_groups(tiny, prompts, 3, max_new_tokens=5, temperature=1e-6)
+    alone = [sample_group(tiny, p, 3, max_new_tokens=5, temperature=1e-6) for p in prompts]
+    assert together == alone
+    assert len(together) == 3 and all(len(g) == 3 and all(len(c) == 5 for c in g) for g in together)
+
+
 def test_sample_group_is_seeded_and_greedy_matches_one_by_one(tiny):
     def draw(seed):
         gen = torch.Generator().manual_seed(seed)
@@ -141,3 +160,61 @@ def test_completions_stop_at_eos(tiny):
     assert greedy_replies(tiny, [[3, 4, 5]], max_new_tokens=4, eos_id=eos)[0] == first[:stop]
     group = sample_group(tiny, [3, 4, 5], 2, max_new_tokens=4, temperature=1e-6, eos_id=eos)
     assert group == [first[:stop]] * 2
+
+
+class _DigitTokenizer:
+    """Token i is the character str(i) for 0-9; 10 is a space, 11 the end of turn."""
+
+    eos_token_id = 11
+
+    def decode(self, ids):
+        return "".join(" " if i == 10 else str(i) for i in ids if i != self.eos_token_id)
+
+
+def test_the_reward_pays_a_right_answer_only_when_the_completion_ended():
+    problems = [TWO_DIGIT_SUMS.problem(23, 45)]          # 68
+    tok = _DigitTokenizer()
+    reward = verifier_reward(tok, problems)
+    assert reward(0, [6, 8, 11]) == 1.0                 # "68", then the end of turn
+    assert reward(0, [6, 8]) == 0.0                     # cut off by the token limit: no end, no reward
+    assert reward(0, [6, 7, 11]) == 0.0                 # ended, wrong
+    assert reward(0, []) == 0.0
+    loose = verifier_reward(tok, problems, require_end=False)
+    assert loose(0, [6, 8]) == 1.0 and loose(0, [6, 8, 10, 6, 7]) == 0.0   # the last number counts
+
+
+def test_a_cache_that_keeps_some_rows_continues_them_unchanged(tiny):
+    prompts = torch.tensor([[5, 9, 2, 7, 1], [3, 3, 8, 6, 2], [4, 1, 1, 9, 9]])
+    cache = tiny.new_cache(3, max_len=16)
+    tiny(prompts, cache, last_only=True)
+    cache.keep_rows(torch.tensor([2, 0]))                                  # drop row 1, reorder the others
+    nxt = torch.tensor([[6], [8]])
+    kept = tiny(nxt, cache, last_only=True)
+    alone = tiny(torch.cat([prompts[[2, 0]], nxt], dim=1), last_only=True)
+    torch.testing.assert_close(kept, alone, atol=1e-5, rtol=1e-5)
+    assert cache.shape[1] == 2
+
+
+def test_rows_that_finish_early_leave_the_batch_and_the_others_decode_on(tiny):
+    prompts = [[5, 9, 2, 7, 1], [3, 3, 8, 6, 2], [4, 1, 1, 9, 9], [2, 6, 6, 1, 3]]
+    full = greedy_replies(tiny, prompts, max_new_tokens=8)                  # no end token: 8 tokens each
+    eos = full[0][0]                                                        # row 0 ends at once with it
+    expected = [row[:row.index(eos) + 1] if eos in row else row for row in full]
+    n0 = len(expected[0])
+    assert n0 < 8 and any(len(r) > n0 for r in expected)                   # rows finish at different steps
+    assert greedy_replies(tiny, prompts, max_new_tokens=8, eos_id=eos) == expected
+
+
+def test_prompts_that_share_a_prefix_decode_as_the_plain_model_does(tiny):
+    prompts = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 8], [1, 2, 3, 7, 7, 7]]   # the first three tokens run once
+
+    def plain_greedy(p, n):
+        ids = list(p)
+        with torch.no_grad():
+            for _ in range(n):
+                ids.append(int(tiny(torch.tensor([ids]))[0, -1].argmax()))
+        return ids[len(p):]
+
+    expected = [plain_greedy(p, 5) for p in prompts]
+    assert greedy_replies(tiny, prompts, max_new_tokens=5) == expected
+    assert [g[0] for g in sample_groups(tiny, prompts, 2, max_new_tokens=5, temperature=1e-6)] == expected

@@ -51,6 +51,13 @@ class KVCache:
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (indices, in their new order), e.g. to drop finished sequences."""
+        self.k = self.k[:, rows]
+        self.v = self.v[:, rows]
+        n_layers, _, kv, hd = self.shape
+        self.shape = (n_layers, len(rows), kv, hd)
+
     def nbytes_per_token(self) -> int:
         """Bytes one more cached token costs (keys + values, every layer)."""
         n_layers, batch, kv, hd = self.shape

@@ -22,7 +22,7 @@ from llm_companion.data.tokenizer import GGUFTokenizer
 from llm_companion.evaluation.stats import mcnemar_exact, paired_interval
 from llm_companion.inference.smollm2 import encode_chat
 from llm_companion.progress import progress
-from llm_companion.rl.sampling import greedy_replies, sample_group
+from llm_companion.rl.sampling import greedy_replies, sample_groups
 from llm_companion.rl.tasks import Problem, parse_number, verify
 
 
@@ -36,9 +36,20 @@ def prompt_ids(tokenizer: GGUFTokenizer, problems: Sequence[Problem]) -> list[li
     return [encode_chat(tokenizer, p.question) for p in problems]
 
 
-def verifier_reward(tokenizer: GGUFTokenizer, problems: Sequence[Problem]) -> Callable[[int, list[int]], float]:
-    """``reward(i, completion_ids)``: 1.0 when the completion answers ``problems[i]`` right, else 0.0."""
+def verifier_reward(tokenizer: GGUFTokenizer, problems: Sequence[Problem], *,
+                    require_end: bool = True) -> Callable[[int, list[int]], float]:
+    """``reward(i, completion_ids)``: 1.0 when the completion answers ``problems[i]`` right, else 0.0.
+
+    With ``require_end`` (the default) a completion must also *end*, with the end-of-turn token, within the
+    sampling budget: one cut off by the token limit scores 0 whatever its last number (DAPO's treatment of
+    overlong samples, in its simplest form). Without it, truncation hides what the policy would have written
+    after its answer, and a policy can learn to state the sum and then run on — measured in chapter 11.
+    """
+    eos = tokenizer.eos_token_id
+
     def reward(i: int, completion: list[int]) -> float:
+        if require_end and (not completion or completion[-1] != eos):
+            return 0.0
         return 1.0 if verify(decode_reply(tokenizer, completion), problems[i].answer) else 0.0
     return reward
 
@@ -102,17 +113,24 @@ class SampledResult:
 
 
 def sampled_accuracy(model: nn.Module, tokenizer: GGUFTokenizer, problems: Sequence[Problem], *, k: int,
-                     temperature: float = 1.0, max_new_tokens: int = 64, seed: int = 0) -> SampledResult:
-    """``k`` samples per problem at ``temperature`` (one prefill each): pass@k and majority vote@k."""
+                     temperature: float = 1.0, max_new_tokens: int = 64, seed: int = 0,
+                     chunk: int = 8) -> SampledResult:
+    """``k`` samples per problem at ``temperature`` (one prefill each, ``chunk`` problems decoded together):
+    pass@k and majority vote@k."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    ids = prompt_ids(tokenizer, problems)
     replies, correct, majority = [], [], []
-    for p, ids in zip(progress(problems, desc=f"{k} samples each", unit="problem"), prompt_ids(tokenizer, problems)):
-        outs = sample_group(model, ids, k, max_new_tokens=max_new_tokens, temperature=temperature,
-                            eos_id=tokenizer.eos_token_id, generator=gen)
-        texts = [decode_reply(tokenizer, o) for o in outs]
-        replies.append(texts)
-        correct.append([verify(t, p.answer) for t in texts])
-        majority.append(majority_answer(texts) == p.answer)
+    bar = progress(total=len(problems), desc=f"{k} samples each", unit="problem")
+    for s in range(0, len(problems), chunk):
+        outs = sample_groups(model, ids[s:s + chunk], k, max_new_tokens=max_new_tokens, temperature=temperature,
+                             eos_id=tokenizer.eos_token_id, generator=gen, max_rows=k * chunk)
+        for p, group in zip(problems[s:s + chunk], outs):
+            texts = [decode_reply(tokenizer, o) for o in group]
+            replies.append(texts)
+            correct.append([verify(t, p.answer) for t in texts])
+            majority.append(majority_answer(texts) == p.answer)
+        bar.update(len(outs))
+    bar.close()
     return SampledResult(k, temperature, replies, correct, majority)
 
 

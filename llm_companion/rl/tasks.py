@@ -2,9 +2,9 @@
 
 **The task.** ``What is A + B? Answer with the number only.`` with A and B two-digit numbers (the default
 :data:`TWO_DIGIT_SUMS`). Chosen by measurement: SmolLM2-135M-Instruct's greedy replies (chat template, up to 64
-tokens) get 12.8% of 500 test problems right — it mostly writes the sum out or explains, and often adds wrong —
-neither solved nor hopeless, which is where reinforcement learning has something to learn (three-digit sums:
-none right when the task was chosen).
+tokens) get 12.8% of 500 test problems right (9.4% within 32 tokens, chapter 11's setting) — it mostly writes
+the sum out or explains, and often adds wrong — neither solved nor hopeless, which is where reinforcement
+learning has something to learn (three-digit sums: none right when the task was chosen).
 
 **Splits, disjoint by construction.** Every problem of the task is enumerated once, as an *unordered* pair
 (``23 + 45`` and ``45 + 23`` are one problem, so the test set holds neither order of a training problem), shuffled

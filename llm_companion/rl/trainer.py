@@ -1,7 +1,7 @@
 """The GRPO trainer: sample groups, score them with a verifier, and update a LoRA adapter (``train_grpo``).
 
 One step: take the next ``prompts_per_step`` training prompts (a fixed, seeded order), sample ``group_size``
-completions of each from one shared prefill (:func:`~llm_companion.rl.sampling.sample_group`), score them,
+completions of each from one shared prefill (:func:`~llm_companion.rl.sampling.sample_groups`), score them,
 turn the rewards into group-relative advantages, and take ``updates_per_batch`` optimizer steps on
 :func:`~llm_companion.rl.grpo.grpo_loss`. The policy is the model with its LoRA adapters; the reference is the
 same network with the adapters off (:func:`~llm_companion.finetune.dpo.adapters_disabled`), so no second copy
@@ -35,7 +35,7 @@ from llm_companion.finetune.lora import has_lora
 from llm_companion.models.checkpoint import generator_state, set_generator_state
 from llm_companion.progress import progress
 from llm_companion.rl.grpo import LEVELS, clipped_surrogate, group_advantages, k3_kl, pad_completions, token_logprobs
-from llm_companion.rl.sampling import sample_group
+from llm_companion.rl.sampling import sample_groups
 
 STATE, WEIGHTS, OPTIMIZER = "state.json", "trainable.safetensors", "optimizer.pt"
 
@@ -98,10 +98,10 @@ def _prompt_order(n: int, seed: int) -> list[int]:
 
 
 def _sample_groups(model, prompts, reward, indices, cfg: GRPOConfig, eos_id, gen) -> list[_Group]:
+    samples = sample_groups(model, [prompts[i] for i in indices], cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, eos_id=eos_id, generator=gen)
     groups = []
-    for i in indices:
-        comps = sample_group(model, prompts[i], cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, eos_id=eos_id, generator=gen)
+    for i, comps in zip(indices, samples):
         rewards = torch.tensor([reward(i, c) for c in comps], dtype=torch.float32)
         adv = group_advantages(rewards[None], scale=cfg.scale_rewards)[0]
         groups.append(_Group(list(prompts[i]), comps, rewards, adv))
