@@ -26,10 +26,7 @@ from llm_companion.models.kv_cache import KVCache
 
 def expand_cache(cache: KVCache, n: int) -> KVCache:
     """Repeat each row of a cache ``n`` times, in place (returns it): rows ``i*n … i*n+n-1`` continue prompt ``i``."""
-    cache.k = cache.k.repeat_interleave(n, dim=1)     # (L, B·n, KV, cap, hd): a copy, each row then grows on its own
-    cache.v = cache.v.repeat_interleave(n, dim=1)
-    n_layers, b, kv, hd = cache.shape
-    cache.shape = (n_layers, b * n, kv, hd)
+    cache.keep_rows(torch.arange(cache.shape[1], device=cache.k.device).repeat_interleave(n))  # rows grow apart
     return cache
 
 
